@@ -131,6 +131,28 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
+    model.kallm_source = model_source(name_or_path)  # recorded in retrofit manifests
     if device is not None:
         model.to(device)
     return model, tokenizer
+
+
+def load_model_skeleton(name_or_path: str = EMBEDDED_MODEL, revision: str | None = None):
+    """The model built from its config on the meta device: structure and parameter counts, no weights.
+
+    Used by `kallm inspect` so that counting a large hub model downloads only its config.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise KallmError(f"{path!r} is a folder but has no config.json; is it a Hugging Face model folder?")
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KallmError(f"could not load model config {name_or_path!r}: {first}") from exc
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.kallm_source = model_source(name_or_path)
+    return model

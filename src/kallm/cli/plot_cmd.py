@@ -1,0 +1,31 @@
+"""`kallm plot-functions RETROFIT_DIR --layer L`: PNG of a KAN layer's learned univariate functions."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot-functions", help="plot the univariate functions a KAN layer learned")
+    p.add_argument("retrofit_dir", help="a folder written by save_retrofit (e.g. a training run's retrofit/)")
+    p.add_argument("--layer", type=int, required=True, help="decoder layer index (a retrofitted one)")
+    p.add_argument("--sublayer", type=int, default=0, help="which KAN layer inside a stacked FFN (default 0)")
+    p.add_argument("--inputs", type=int, default=4, help="input channels to show (rows)")
+    p.add_argument("--outputs", type=int, default=4, help="output units to show (columns)")
+    p.add_argument("--xlim", type=float, nargs=2, default=(-4.0, 4.0), metavar=("LO", "HI"))
+    p.add_argument("--out", default=None, help="PNG path (default RETROFIT_DIR/functions-layerL.png)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kallm.function_plots import find_kan_layer, plot_kan_functions
+    from kallm.retrofit_io import load_retrofit
+
+    model, _ = load_retrofit(args.retrofit_dir)
+    kan = find_kan_layer(model, args.layer, args.sublayer)
+    out = Path(args.out) if args.out else Path(args.retrofit_dir) / f"functions-layer{args.layer}.png"
+    plot_kan_functions(kan, out, n_inputs=args.inputs, n_outputs=args.outputs, x_range=tuple(args.xlim),
+                       title=f"layer {args.layer}: learned univariate functions")
+    print(out)
+    return 0
