@@ -144,7 +144,7 @@ def test_budget_match_two_layer_kan():
 )
 def test_bad_input_errors(kwargs, message):
     with pytest.raises(KallmError, match=message):
-        retrofit(make_tiny_model("llama"), **kwargs)
+        retrofit(make_tiny_model("llama"), **{"layers": "last:1", **kwargs})
 
 
 def test_unsupported_architecture_names_class():

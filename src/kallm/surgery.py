@@ -20,6 +20,7 @@ from torch import nn
 from kallm.arch import FFNSite, find_decoder_layers, find_ffn, model_dims
 from kallm.errors import KallmError
 from kallm.layer_select import parse_layer_spec
+from kallm.prefix import first_trainable_layer
 from kallm.registry import Registry
 from kallm.variants import VariantSpec, parse_variant
 
@@ -198,7 +199,7 @@ class RetrofitReport:
     trainable_params: int
     replaced_old_params: int
     replaced_new_params: int
-    first_trainable_layer: int | None
+    first_trainable_layer: int | None  # None: nothing trains, or something below the layers does
     layers: list[LayerReport] = field(default_factory=list)
     hidden_width: int | None = None
 
@@ -221,16 +222,29 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def first_trainable_layer(model: nn.Module) -> int | None:
-    """Lowest decoder layer with a trainable parameter; None if anything below the layers trains."""
-    _, layers = find_decoder_layers(model)
-    in_layers = {id(p) for layer in layers for p in layer.parameters()}
-    if any(p.requires_grad and id(p) not in in_layers for p in _embedding_params(model)):
-        return None
-    for index, layer in enumerate(layers):
-        if any(p.requires_grad for p in layer.parameters()):
-            return index
-    return len(layers)
+def refresh_report(model: nn.Module, variant: str | None = None) -> RetrofitReport:
+    """Recount a retrofit after its modules changed shape (a degree raise); optionally rename its variant.
+
+    The saved manifest must describe the modules as they are now, or `load_retrofit` could not rebuild them.
+    """
+    report = getattr(model, "kallm_report", None)
+    if report is None:
+        raise KallmError("model has not been retrofitted")
+    _, layer_list = find_decoder_layers(model)
+    for row in report.layers:
+        layer = layer_list[row.layer]
+        new = [m for m in layer.children() if isinstance(m, RetrofitFFN)]
+        if new:
+            row.new_params = sum(_count(m) for m in new)
+            row.new_kind = type(new[0].kallm_ffn).__name__
+        row.params = _count(layer)
+        row.trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+    report.total_params, report.trainable_params = count_params(model)
+    if any(isinstance(m, RetrofitFFN) for m in model.modules()):
+        report.replaced_new_params = sum(r.new_params for r in report.layers)
+    if variant is not None:
+        report.variant = str(parse_variant(variant))
+    return report
 
 
 # ---------------------------------------------------------------- entry point
