@@ -1,0 +1,167 @@
+"""Reading `results.jsonl` and summarising it per variant; missing fields become None, never errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kallm.errors import KallmError
+from kallm.report.stats import PairKey, mean_std
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.jsonl"
+
+
+def get(record: Any, dotted: str) -> Any:
+    """`get(r, "train.wall_s")`: the nested value, or None when any level is missing or null."""
+    value = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of `run_dir/results.jsonl`; a run recorded twice (a rerun) keeps its last record."""
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise KallmError(f"no {RESULTS_FILE} in {run_dir}: run the experiment first (kallm run CONFIG)")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise KallmError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    by_id: dict[str, dict[str, Any]] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise KallmError(f"{path}: record {i + 1} is not a JSON object")
+        if not row.get("variant"):
+            logger.warning("%s: record %d has no 'variant'; skipped", path, i + 1)
+            continue
+        run_id = row.get("run_id") or f"{row['variant']}.seed{row.get('seed')}"
+        by_id.pop(run_id, None)  # re-insert so the order follows the latest write
+        by_id[run_id] = row
+    if len(by_id) < len(rows):
+        logger.info("%s: %d records, %d distinct runs (later records replace earlier ones)",
+                    path, len(rows), len(by_id))
+    return list(by_id.values())
+
+
+@dataclass
+class VariantSummary:
+    """Everything the report says about one variant, aggregated over its seeds."""
+
+    name: str
+    spec: str | None
+    init: str | None
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str | None:
+        metrics = {r.get("metric") for r in self.records if r.get("metric")}
+        return ", ".join(sorted(metrics)) if metrics else None
+
+    @property
+    def accuracies(self) -> list[float]:
+        values = (number(get(r, "scores.average")) for r in self.records)
+        return [v for v in values if v is not None]
+
+    @property
+    def accuracy(self) -> tuple[float | None, float | None, int]:
+        """(mean, std, n) of the headline accuracy over this variant's runs."""
+        return mean_std(self.accuracies)
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [r.get("seed") for r in self.records]
+
+    def task_scores(self) -> dict[PairKey, float]:
+        """(seed, task) -> accuracy, for the paired comparison."""
+        out: dict[PairKey, float] = {}
+        for r in self.records:
+            per_task = get(r, "scores.per_task") or {}
+            for task, value in per_task.items():
+                if number(value) is not None:
+                    out[(r.get("seed"), task)] = float(value)
+        return out
+
+    def per_task(self) -> dict[str, tuple[float | None, float | None, int]]:
+        """task -> (mean, std, n) over runs."""
+        values: dict[str, list[float]] = {}
+        for (_, task), value in self.task_scores().items():
+            values.setdefault(task, []).append(value)
+        return {task: mean_std(v) for task, v in values.items()}
+
+    def first(self, dotted: str) -> Any:
+        """The first non-null value of a field (parameter counts are the same for every seed)."""
+        for r in self.records:
+            value = get(r, dotted)
+            if value is not None:
+                return value
+        return None
+
+    def numbers(self, dotted: str) -> list[float]:
+        values = (number(get(r, dotted)) for r in self.records)
+        return [v for v in values if v is not None]
+
+    @property
+    def peak_memory(self) -> float | None:
+        values = self.numbers("train.peak_memory_bytes")
+        return max(values) if values else None
+
+    @property
+    def train_time(self) -> tuple[float | None, float | None, int]:
+        return mean_std(self.numbers("train.wall_s"))
+
+
+def summarise(records: list[dict[str, Any]]) -> list[VariantSummary]:
+    """One summary per variant, in the order variants first appear in the results."""
+    summaries: dict[str, VariantSummary] = {}
+    for r in records:
+        name = str(r["variant"])
+        if name not in summaries:
+            summaries[name] = VariantSummary(name, r.get("spec"), r.get("init"))
+        summaries[name].records.append(r)
+    return list(summaries.values())
+
+
+def reference_variant(summaries: list[VariantSummary]) -> VariantSummary | None:
+    """What the others are compared with: the linear restart if there is one, else the baseline."""
+    for spec in ("linear", "baseline"):
+        for s in summaries:
+            if s.spec == spec and s.task_scores():
+                return s
+    return None
+
+
+def all_tasks(summaries: list[VariantSummary]) -> list[str]:
+    return sorted({task for s in summaries for (_, task) in s.task_scores()})
+
+
+def distinct(records: list[dict[str, Any]], dotted: str) -> list[Any]:
+    """The distinct values of a field, in order of appearance (dicts compared by content)."""
+    seen: list[str] = []
+    out: list[Any] = []
+    for r in records:
+        value = get(r, dotted)
+        if value is None:
+            continue
+        key = json.dumps(value, sort_keys=True, default=str)
+        if key not in seen:
+            seen.append(key)
+            out.append(value)
+    return out
