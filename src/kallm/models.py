@@ -103,6 +103,18 @@ def model_source(name_or_path: str) -> str:
     return EMBEDDED_MODEL if name_or_path.lower() in (EMBEDDED_MODEL, "embedded", "default") else name_or_path
 
 
+def checked_model_path(name_or_path: str) -> str:
+    """Resolve the embedded alias; a path that looks local must be a Hugging Face model folder."""
+    path = resolve_model_path(name_or_path)
+    local = Path(path).expanduser()
+    looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local and not local.exists():
+        raise KallmError(f"model folder {path!r} does not exist (and it is not a hub id like 'org/name')")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise KallmError(f"{path!r} is a folder but has no config.json; is it a Hugging Face model folder?")
+    return str(local) if local.exists() else path
+
+
 def load_model(
     name_or_path: str = EMBEDDED_MODEL,
     dtype: str | torch.dtype | None = "float32",
@@ -115,13 +127,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
-    local = Path(path)
-    looks_local = local.exists() or path.startswith((".", "/", "~")) or os.sep in path.rstrip("/").split("/", 1)[0]
-    if looks_local and not local.exists():
-        raise KallmError(f"model folder {path!r} does not exist")
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise KallmError(f"{path!r} is a folder but has no config.json; is it a Hugging Face model folder?")
+    path = checked_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), revision=revision)
@@ -144,15 +150,17 @@ def load_model_skeleton(name_or_path: str = EMBEDDED_MODEL, revision: str | None
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    path = resolve_model_path(name_or_path)
-    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
-        raise KallmError(f"{path!r} is a folder but has no config.json; is it a Hugging Face model folder?")
+    path = checked_model_path(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KallmError(f"could not load model config {name_or_path!r}: {first}") from exc
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except ValueError as exc:
+        raise KallmError(f"{name_or_path!r} is not a causal language model transformers can build "
+                         f"({type(config).__name__}): {str(exc).splitlines()[0]}") from None
     model.kallm_source = model_source(name_or_path)
     return model
