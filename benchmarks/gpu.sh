@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU check (fits the device tool's budget): a short slice of the study on CUDA (bf16),
-# peak memory and tokens/s per variant, then the KAN layer benchmark on the GPU.
+# peak memory and tokens/s per variant.
 # Usage on the GPU machine, from the repo root (python3 there has torch, transformers, accelerate):
 #   bash benchmarks/gpu.sh            # writes $OUT/gpu_slice.json when OUT is set
 # Chat data: ../shared/data/chat if present, else $KALLM_GPU_CHAT (carry a small .jsonl with the run).
@@ -13,4 +13,3 @@ nvidia-smi --query-gpu=name,memory.total --format=csv || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 timeout 420 python3 benchmarks/gpu_slice.py --data "$DATA" --steps "${STEPS:-30}" --batch-size "${BATCH:-8}" \
   --max-length "${MAXLEN:-1024}" --json "$OUTDIR/gpu_slice.json"
-timeout 120 python3 benchmarks/kan_layer.py --device cuda --dtype bfloat16 || echo "kan_layer benchmark failed"
