@@ -1,0 +1,92 @@
+"""`kallm train`: retrofit a model and train it on chat data, from flags or a YAML config file.
+
+A config file holds the same names as the flags (model, layers, variant, freeze, data, out, resume)
+plus a `train:` mapping of TrainConfig fields; flags given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from kallm.train_config import PRECISIONS, TrainConfig
+
+_RUN_KEYS = {"model": "smollm2-135m-instruct", "layers": "last:5", "variant": "kan:chebyshev2:2", "freeze": "ffn",
+             "data": "HuggingFaceTB/smol-smoltalk", "out": None, "resume": False}
+# TrainConfig fields exposed as flags (the rest are set in a config file's `train:` section).
+_TRAIN_FLAGS = ("steps", "batch_size", "grad_accum", "max_length", "lr", "weight_decay", "warmup_steps",
+                "clip_grad_norm", "eval_every", "eval_batches", "val_size", "save_every", "seed", "precision",
+                "logits_chunk_size", "max_conversations", "on_bad_row")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="retrofit a model and train the new blocks on chat data",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="YAML file with the settings below (flags override it)")
+    p.add_argument("--model", help=f"hub id, local folder, or the embedded default ({_RUN_KEYS['model']})")
+    p.add_argument("--layers", help="decoder layers to retrofit, e.g. last:5, 20-24 (default last:5)")
+    p.add_argument("--variant", help="baseline | linear | kan:<spec> (default kan:chebyshev2:2)")
+    p.add_argument("--freeze", help="ffn | blocks | blocks+embeddings | none (default ffn)")
+    p.add_argument("--data", nargs="+", help="hub dataset id, or .jsonl/.json/.parquet files or folders "
+                                             "(default HuggingFaceTB/smol-smoltalk)")
+    p.add_argument("--out", help="run folder: config, metrics.jsonl, checkpoints/, retrofit/")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    defaults = TrainConfig()
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for name in _TRAIN_FLAGS:
+        kind = types[name]
+        conv = int if "int" in str(kind) else float if "float" in str(kind) else str
+        extra: dict[str, Any] = {"choices": PRECISIONS} if name == "precision" else {}
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=conv, default=None,
+                       help=f"(default {getattr(defaults, name)})", **extra)
+    p.add_argument("--prefix-cache", action="store_true", default=None,
+                   help="cache the frozen prefix's hidden states (pays off over several epochs)")
+    p.set_defaults(func=run)
+
+
+def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig]:
+    """Merge defaults < config file < flags into (run settings, TrainConfig)."""
+    from kallm.config.yamlsrc import load_yaml_mapping, located
+    from kallm.errors import ConfigError
+    from kallm.registry import unknown_name_message
+
+    run_settings = dict(_RUN_KEYS)
+    train_data: dict[str, Any] = {}
+    lines = None
+    if args.config:
+        data, lines = load_yaml_mapping(args.config)
+        for key, value in data.items():
+            if key == "train":
+                if not isinstance(value, dict):
+                    raise ConfigError(located("expected a mapping of training settings", "train", lines))
+                train_data.update(value)
+            elif key in _RUN_KEYS:
+                run_settings[key] = value
+            else:
+                raise ConfigError(located(unknown_name_message("key", key, [*_RUN_KEYS, "train"]), key, lines))
+    for key in _RUN_KEYS:
+        if getattr(args, key, None) is not None:
+            run_settings[key] = getattr(args, key)
+    for name in (*_TRAIN_FLAGS, "prefix_cache"):
+        if getattr(args, name, None) is not None:
+            train_data[name] = getattr(args, name)
+    config = TrainConfig.from_dict(train_data, "train", lines)
+    if not run_settings["out"]:
+        raise ConfigError("no output folder: pass --out DIR (or set 'out' in the config file)")
+    return run_settings, config
+
+
+def run(args: argparse.Namespace) -> int:
+    from kallm.training import train
+
+    settings, config = resolve(args)
+    result = train(model=settings["model"], layers=settings["layers"], variant=settings["variant"],
+                   freeze=settings["freeze"], data=settings["data"], out=settings["out"], config=config,
+                   resume=bool(settings["resume"]))
+    evals = ""
+    if result.initial_eval_loss is not None and result.final_eval_loss is not None:
+        evals = f"; held-out loss {result.initial_eval_loss:.4f} -> {result.final_eval_loss:.4f}"
+    print(f"trained {result.steps} steps ({result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s){evals}; "
+          f"retrofit saved in {settings['out']}/retrofit")
+    return 0

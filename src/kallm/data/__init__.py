@@ -1,0 +1,28 @@
+"""Chat data: loading conversations, assistant-only tokenisation, and deterministic batching."""
+
+from __future__ import annotations
+
+from kallm.data.batching import BatchSchedule, collate, epoch_batches, num_label_positions
+from kallm.data.loading import (
+    DEFAULT_DATASET,
+    BadRow,
+    ConversationSet,
+    check_row,
+    data_files,
+    load_conversations,
+    split_indices,
+)
+from kallm.data.tokenize import (
+    FALLBACK_CHAT_TEMPLATE,
+    IGNORE_INDEX,
+    ChatTokenizer,
+    TokenizedExample,
+    TokenizedSet,
+    tokenize_conversations,
+)
+
+__all__ = [
+    "DEFAULT_DATASET", "BadRow", "ConversationSet", "check_row", "data_files", "load_conversations",
+    "split_indices", "FALLBACK_CHAT_TEMPLATE", "IGNORE_INDEX", "ChatTokenizer", "TokenizedExample",
+    "TokenizedSet", "tokenize_conversations", "BatchSchedule", "collate", "epoch_batches", "num_label_positions",
+]

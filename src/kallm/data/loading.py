@@ -1,0 +1,216 @@
+"""Loading chat conversations from the hub or local files, with row-level schema checks.
+
+A conversation is `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}` with at
+least one assistant turn (the schema of `HuggingFaceTB/smol-smoltalk`). Rows that break it are
+counted and located (file and line) so a user can fix the data instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kallm.errors import KallmError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "HuggingFaceTB/smol-smoltalk"
+ROLES = ("system", "user", "assistant")
+ON_BAD_ROW = ("skip", "error")
+_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """Where a row breaking the schema is (`file:line`, or `dataset[row]`) and why it was rejected."""
+
+    location: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.reason}"
+
+
+@dataclass
+class ConversationSet:
+    """Usable conversations, where each came from, and the rows that were rejected."""
+
+    conversations: list[list[Message]]
+    locations: list[str]
+    bad_rows: list[BadRow] = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def subset(self, indices: Sequence[int]) -> ConversationSet:
+        return ConversationSet(
+            [self.conversations[i] for i in indices], [self.locations[i] for i in indices], [], self.source
+        )
+
+
+def check_row(row: Any) -> tuple[list[Message] | None, str]:
+    """Return (messages, "") for a valid row, else (None, reason)."""
+    if not isinstance(row, dict):
+        return None, f"expected an object with a 'messages' list, got {type(row).__name__}"
+    messages = row.get("messages")
+    if not isinstance(messages, (list, tuple)) or not messages:
+        return None, "missing or empty 'messages' list"
+    out: list[Message] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            return None, f"messages[{i}] is a {type(msg).__name__}, expected an object with role and content"
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ROLES:
+            return None, f"messages[{i}].role is {role!r}; valid roles: {', '.join(ROLES)}"
+        if not isinstance(content, str):
+            return None, f"messages[{i}].content is {type(content).__name__}, expected a string"
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        return None, "no assistant turn (nothing to train on)"
+    return out, ""
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any, str]]:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line), ""
+            except json.JSONDecodeError as exc:
+                yield f"{path}:{lineno}", None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, Any, str]]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        # A .json file that is really JSON lines is common enough to accept.
+        if exc.msg == "Extra data":
+            yield from _iter_jsonl(path)
+            return
+        raise KallmError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    rows = obj if isinstance(obj, list) else [obj]
+    for i, row in enumerate(rows):
+        yield f"{path}[{i}]", row, ""
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any, str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for unreadable files
+        raise KallmError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path}[row {i}]", row, ""
+
+
+_READERS = {".jsonl": _iter_jsonl, ".json": _iter_json, ".parquet": _iter_parquet}
+
+
+def _iter_hub(dataset_id: str, split: str) -> Iterator[tuple[str, Any, str]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as exc:  # offline, unknown id, missing split: all reported the same way
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KallmError(
+            f"could not load hub dataset {dataset_id!r} (split {split!r}): {first}; "
+            f"pass a local .jsonl/.json/.parquet file or folder instead"
+        ) from None
+    for i, row in enumerate(ds):
+        yield f"{dataset_id}[{split}][{i}]", row, ""
+
+
+def data_files(path: Path) -> list[Path]:
+    """The data files of a path: itself, or every .jsonl/.json/.parquet under a folder (sorted)."""
+    if path.is_file():
+        if path.suffix not in _SUFFIXES:
+            raise KallmError(f"{path}: unsupported data file type {path.suffix!r}; valid: {', '.join(_SUFFIXES)}")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+    if not files:
+        raise KallmError(f"{path}: folder holds no {'/'.join(_SUFFIXES)} files")
+    return files
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.endswith(_SUFFIXES) or source.count("/") != 1
+
+
+def load_conversations(
+    source: str | Path | Sequence[str | Path] = DEFAULT_DATASET,
+    *,
+    split: str = "train",
+    on_bad_row: str = "skip",
+    max_conversations: int | None = None,
+) -> ConversationSet:
+    """Load conversations from a hub dataset id, or local files/folders (one or several).
+
+    `on_bad_row="skip"` drops rows that break the schema and logs one summary warning with the first
+    locations; `"error"` raises on the first. Zero usable rows is always an error.
+    """
+    if on_bad_row not in ON_BAD_ROW:
+        raise KallmError(f"on_bad_row={on_bad_row!r} is not valid; choose one of: {', '.join(ON_BAD_ROW)}")
+    if max_conversations is not None and max_conversations < 1:
+        raise KallmError(f"max_conversations must be >= 1 (or unset for all), got {max_conversations}")
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if not sources:
+        raise KallmError("no data source given")
+    iterators: list[Iterator[tuple[str, Any, str]]] = []
+    for src in sources:
+        path = Path(str(src)).expanduser()
+        if path.exists():
+            iterators.extend(_READERS[f.suffix](f) for f in data_files(path))
+        elif isinstance(src, Path) or _looks_local(str(src)):
+            raise KallmError(f"data path {str(src)!r} does not exist")
+        else:
+            iterators.append(_iter_hub(str(src), split))
+
+    out = ConversationSet([], [], [], ", ".join(str(s) for s in sources))
+    for it in iterators:
+        for location, row, parse_error in it:
+            messages, reason = (None, parse_error) if parse_error else check_row(row)
+            if messages is None:
+                if on_bad_row == "error":
+                    raise KallmError(f"{location}: {reason}")
+                out.bad_rows.append(BadRow(location, reason))
+                continue
+            out.conversations.append(messages)
+            out.locations.append(location)
+            if max_conversations is not None and len(out) >= max_conversations:
+                break
+        if max_conversations is not None and len(out) >= max_conversations:
+            break
+    if out.bad_rows:
+        shown = "; ".join(str(b) for b in out.bad_rows[:3])
+        more = f" (and {len(out.bad_rows) - 3} more)" if len(out.bad_rows) > 3 else ""
+        log.warning("skipped %d rows that break the chat schema: %s%s", len(out.bad_rows), shown, more)
+    if not out.conversations:
+        why = f"; {len(out.bad_rows)} rows broke the schema, first: {out.bad_rows[0]}" if out.bad_rows else ""
+        raise KallmError(f"no usable conversations in {out.source}{why}")
+    return out
+
+
+def split_indices(n: int, *, val_size: int | None = None, val_fraction: float = 0.0,
+                  seed: int = 0) -> tuple[list[int], list[int]]:
+    """Deterministic (train, validation) index split: the same seed and n give the same split."""
+    n_val = val_size if val_size is not None else int(round(n * val_fraction))
+    if n_val < 0 or n_val >= n:
+        raise KallmError(
+            f"validation split of {n_val} conversations leaves no training data out of {n}; "
+            f"lower val_size/val_fraction"
+        )
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    return sorted(perm[n_val:]), sorted(perm[:n_val])

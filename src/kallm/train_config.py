@@ -1,0 +1,117 @@
+"""Training configuration and result records (what users type in YAML/CLI, and what a run reports)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from kallm.config.mapping import FieldError
+from kallm.data.loading import ON_BAD_ROW
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. `batch_size` is per process; one optimizer step sees
+    batch_size x grad_accum x processes conversations."""
+
+    steps: int = 200
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 512
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    clip_grad_norm: float | None = 1.0
+    eval_every: int = 50  # 0: only at step 0 and at the end
+    eval_batches: int | None = 8  # None: the whole validation set
+    val_size: int | None = 64  # conversations held out ...
+    val_fraction: float | None = None  # ... or this share of them (wins over val_size when set)
+    save_every: int = 100  # 0: only the final checkpoint
+    keep_checkpoints: int = 2
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    logits_chunk_size: int = 1024
+    prefix_cache: bool = False
+    group_by_length: bool = True
+    max_conversations: int | None = None
+    on_bad_row: str = "skip"
+
+    def __post_init__(self) -> None:
+        def positive(name: str, allow_zero: bool = False, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+                bound = ">= 0" if allow_zero else ">= 1"
+                none = " or null" if allow_none else ""
+                raise FieldError(name, f"must be an integer {bound}{none}, got {value!r}")
+
+        for name in ("steps", "batch_size", "grad_accum", "keep_checkpoints", "logits_chunk_size"):
+            positive(name)
+        for name in ("eval_every", "save_every", "warmup_steps", "seed"):
+            positive(name, allow_zero=True)
+        for name in ("eval_batches", "max_conversations"):
+            positive(name, allow_none=True)
+        positive("val_size", allow_zero=True, allow_none=True)
+        if self.max_length < 8 or isinstance(self.max_length, bool):
+            raise FieldError("max_length", f"must be an integer >= 8 tokens, got {self.max_length!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise FieldError("lr", f"must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise FieldError("weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1):
+            raise FieldError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.clip_grad_norm is not None and not (
+            isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0
+        ):
+            raise FieldError("clip_grad_norm", f"must be > 0 or null (no clipping), got {self.clip_grad_norm!r}")
+        if self.val_fraction is not None and not (
+            isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1
+        ):
+            raise FieldError("val_fraction", f"must be in [0, 1) or null, got {self.val_fraction!r}")
+        if self.precision not in PRECISIONS:
+            raise FieldError("precision", f"{self.precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+        if self.on_bad_row not in ON_BAD_ROW:
+            raise FieldError("on_bad_row", f"{self.on_bad_row!r} is not valid; choose one of: {', '.join(ON_BAD_ROW)}")
+        if not isinstance(self.prefix_cache, bool) or not isinstance(self.group_by_length, bool):
+            raise FieldError("prefix_cache", "prefix_cache and group_by_length must be true or false")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "train", lines: Any = None) -> TrainConfig:
+        """Build from a mapping (YAML/JSON, with `lines` from kallm.config for file:line in errors)."""
+        from kallm.config.mapping import from_mapping
+
+        return from_mapping(cls, data, where, lines)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run did and cost. Memory is CUDA max allocated on GPU, peak process RSS on CPU;
+    `wall_s` includes evaluations and checkpoints, `tokens_per_s` counts training steps only."""
+
+    steps: int
+    tokens: int
+    wall_s: float
+    tokens_per_s: float
+    peak_memory_bytes: int
+    memory_kind: str  # "cuda" | "rss"
+    final_train_loss: float | None
+    initial_eval_loss: float | None
+    final_eval_loss: float | None
+    trainable_params: int
+    metrics_path: str
+    out_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
