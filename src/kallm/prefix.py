@@ -152,9 +152,10 @@ def prefix_fingerprint(model: nn.Module, layer_index: int) -> str:
     with torch.no_grad():
         for t in tensors:
             # A weighted sum catches any change of the weights without hashing hundreds of MB of bytes.
-            flat = t.detach().float().flatten()
-            weights = torch.linspace(1.0, 2.0, flat.numel(), device=flat.device)
-            h.update(f"{tuple(t.shape)}:{float(flat @ weights):.6e}".encode())
+            # float64 so the sum does not depend on memory layout (a deep copy gives the same value)
+            flat = t.detach().double().flatten()
+            weights = torch.linspace(1.0, 2.0, flat.numel(), device=flat.device, dtype=torch.float64)
+            h.update(f"{tuple(t.shape)}:{float(flat @ weights):.10e}".encode())
     return h.hexdigest()[:16]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from kallm import __version__
@@ -44,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("transformers", "accelerate", "datasets", "httpx", "huggingface_hub", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if args.quiet:
-        import os
-
         os.environ["KALLM_NO_PROGRESS"] = "1"
+    if os.environ.get("KALLM_NO_PROGRESS", "") not in ("", "0"):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
