@@ -55,10 +55,12 @@ def first_trainable_layer(model: nn.Module) -> int | None:
 def _acts_before_layers(model: nn.Module, layers: nn.ModuleList, param_ids: set[int]) -> bool:
     """Whether a module owning one of `param_ids` runs before decoder layer 0 (a 2-token dry run)."""
     owners = [m for m in model.modules() if any(id(p) in param_ids for p in m.parameters(recurse=False))]
+    device = next(model.parameters()).device
+    if device.type == "meta":  # no dry run without weights (kallm inspect): judge by structure
+        return any(m is model.get_input_embeddings() for m in owners)
     order: list[str] = []
     handles = [m.register_forward_pre_hook(lambda *_: order.append("owner")) for m in owners]
     handles.append(layers[0].register_forward_pre_hook(lambda *_: order.append("layer0")))
-    device = next(model.parameters()).device
     try:
         with torch.no_grad():
             model.base_model(input_ids=torch.ones((1, 2), dtype=torch.long, device=device), use_cache=False)
