@@ -29,7 +29,7 @@ def batch_key(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str:
 
 
 class CachedPrefixForward:
-    """`forward_fn(input_ids, attention_mask) -> logits` with the prefix below `layer_index` cached.
+    """`forward_fn(input_ids, attention_mask) -> final hidden states`, the prefix below `layer_index` cached.
 
     `bind(model)` points it at the model to evaluate; the model's prefix must match the one the
     cache was started with (checked through a weight fingerprint). `max_bytes` bounds memory: past
@@ -72,5 +72,4 @@ class CachedPrefixForward:
                 self._states[key] = states
         else:
             self.hits += 1
-        hidden = tail_hidden_states(self.model, input_ids, attention_mask, self.layer_index, states)
-        return self.model.get_output_embeddings()(hidden)
+        return tail_hidden_states(self.model, input_ids, attention_mask, self.layer_index, states)

@@ -1,0 +1,81 @@
+"""`kallm eval`: BIG-Bench Hard on a model (hub id, folder, the embedded default) or a retrofit folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model or retrofit on BIG-Bench Hard",
+        description="Evaluate on BIG-Bench Hard with lm-eval's prompts and scoring (zeroshot, fewshot, cot) or "
+                    "by answer log-likelihood (mc). Writes predictions.jsonl and scores.json to --out.",
+    )
+    p.add_argument("model", metavar="MODEL_OR_RETROFIT_DIR",
+                   help="hub id, model folder, 'smollm2-135m-instruct', or a folder written by save_retrofit")
+    p.add_argument("--tasks", default="all",
+                   help="comma-separated task names, groups (multiple_choice, binary, free_form) or 'all'")
+    p.add_argument("--mode", default="mc", help="zeroshot, fewshot, cot or mc (default: mc)")
+    p.add_argument("--limit", type=int, default=None, help="first N examples of each task (as lm-eval --limit)")
+    p.add_argument("--out", type=Path, default=None, help="folder for predictions.jsonl and scores.json")
+    p.add_argument("--data-dir", default=None,
+                   help="BBH folder in the official layout, or hf:lukaemon/bbh (default: $KALLM_BBH_DIR, "
+                        "else ../shared/data/bbh)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chat-template", action="store_true", help="wrap each prompt in the model's chat template")
+    p.add_argument("--max-gen-toks", type=int, default=None, help="generation budget (default: lm-eval's)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=run)
+
+
+def _load(model: str, dtype: str, device: str | None):
+    from kallm.models import load_model
+
+    if Path(model).is_dir():
+        from kallm.retrofit_io import is_retrofit_dir, load_retrofit
+
+        if is_retrofit_dir(model):
+            return load_retrofit(model, dtype=dtype, device=device)
+    return load_model(model, dtype=dtype, device=device)
+
+
+def format_table(scores: dict) -> str:
+    metrics = scores["metrics"]
+    lines = [f"| task | n | {' | '.join(metrics)} |", "|---|---:|" + "---:|" * len(metrics)]
+    for name, entry in scores["tasks"].items():
+        lines.append(f"| {name} | {entry['n']} | " + " | ".join(f"{entry[m]:.3f}" for m in metrics) + " |")
+    lines.append(f"| **macro** | {scores['counts']['examples']} | "
+                 + " | ".join(f"{scores['macro'][m]:.3f}" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kallm.bbh import EvalSettings, evaluate_bbh, select_tasks
+    from kallm.bbh.tasks import resolve_data_dir
+
+    # Check the cheap things before loading a model.
+    EvalSettings(mode=args.mode, limit=args.limit, batch_size=args.batch_size, chat_template=args.chat_template,
+                 max_gen_toks=args.max_gen_toks)
+    select_tasks(args.tasks)
+    resolve_data_dir(args.data_dir)
+    model, tokenizer = _load(args.model, args.dtype, args.device)
+    scores = evaluate_bbh(model, tokenizer, tasks=args.tasks, mode=args.mode, limit=args.limit,
+                          data_dir=args.data_dir, batch_size=args.batch_size, chat_template=args.chat_template,
+                          max_gen_toks=args.max_gen_toks, out_dir=args.out)
+    print(format_table(scores))
+    head = scores["headline_metric"]
+    print(f"\n{scores['mode']}: {head} {scores['headline']:.4f} over {scores['counts']['tasks']} tasks, "
+          f"{scores['counts']['examples']} examples, {scores['wall_time_s']:.1f} s"
+          + (f"; wrote {args.out}" if args.out else ""))
+    chat = scores["settings"]["chat_template"]
+    if chat:
+        print(f"chat template of {chat['tokenizer']} (sha256 {chat['sha256']}) wrapped every prompt")
+    sys.stdout.flush()
+    return 0
