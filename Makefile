@@ -25,9 +25,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# The README's main job: the study's comparison on the embedded model, then its report (copied into the README).
 demo: $(STAMP)
 	$(VENV)/bin/kallm run configs/demo.yaml
 	$(VENV)/bin/kallm report runs/demo
+	$(PY) scripts/update_readme.py runs/demo $(if $(DEMO_WALL),--wall "$(DEMO_WALL)")
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

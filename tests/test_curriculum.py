@@ -16,12 +16,11 @@ from kallm.curriculum import (
 )
 from kallm.data import load_conversations
 from kallm.errors import KallmError
-from kallm.io import read_jsonl
 from kallm.surgery import refresh_report, retrofit
 from kallm.train_config import TrainConfig
 from kallm.training import train_model
 from tests.tiny_models import make_tiny_model
-from tests.training_helpers import write_chat_sample
+from tests.training_helpers import Interrupt, StopAt, step_losses, write_chat_sample
 
 IDS = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
 CONFIG = TrainConfig(steps=5, batch_size=4, max_length=128, lr=1e-2, warmup_steps=1, eval_every=0, val_size=4,
@@ -69,24 +68,10 @@ def test_degree_in_force_follows_the_schedule():
     assert [curriculum.degree_at(s) for s in (0, 2, 3, 9, 10, 100)] == [1, 1, 2, 2, 4, 4]
 
 
-def _losses(path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_jsonl(path) if "loss" in r}
 
 
-class _Interrupt(Exception):
-    pass
 
 
-class _StopAt:
-    """Kills the run at the start of `step` (after the checkpoints of the steps before it)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_start(self, step: int, model) -> bool:
-        if step == self.step:
-            raise _Interrupt
-        return False
 
 
 SCHEDULE = [[0, 1], [3, 2]]
@@ -113,15 +98,15 @@ def test_curriculum_run_resumes_like_an_uninterrupted_one(smol_tokenizer, chat, 
     schedule, vocab = SCHEDULE, len(smol_tokenizer)
     straight_dir, straight_result = straight
     split = tmp_path / "b"
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         train_model(_kan_model(vocab, "kan:chebyshev2:1"), smol_tokenizer, chat, CONFIG, split, progress=False,
-                    callbacks=[DegreeCurriculum(schedule), _StopAt(stop)])
+                    callbacks=[DegreeCurriculum(schedule), StopAt(stop)])
     assert latest_checkpoint(split / "checkpoints").name == f"step-{resumed_from:08d}"
     model = _kan_model(vocab, "kan:chebyshev2:1")
     resumed = train_model(model, smol_tokenizer, chat, CONFIG, split, resume=True, progress=False,
                           callbacks=[DegreeCurriculum(schedule)])
     assert [layer.degree for layer in kan_layers(model)] == [2, 2]
-    a, b = _losses(straight_dir / "metrics.jsonl"), _losses(split / "metrics.jsonl")
+    a, b = step_losses(straight_dir / "metrics.jsonl"), step_losses(split / "metrics.jsonl")
     assert sorted(a) == sorted(b) == list(range(1, 6))
     assert all(abs(a[s] - b[s]) < 1e-6 for s in a), (a, b)
     assert abs(resumed.final_train_loss - straight_result.final_train_loss) < 1e-6

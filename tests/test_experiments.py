@@ -17,6 +17,7 @@ from kallm.errors import KallmError
 from kallm.experiments import load_config, parse_shard, plan_runs, run_experiment, shard_runs
 from kallm.io import read_jsonl
 from tests.tiny_models import make_tiny_model
+from tests.training_helpers import write_chat_sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,10 +33,7 @@ def tiny_base(tmp_path_factory, smol_tokenizer):
 @pytest.fixture(scope="module")
 def chat_file(tmp_path_factory, shared_data):
     """40 real conversations from the shared chat data (a small local file, as a user would pass)."""
-    lines = (shared_data / "chat" / "gsm8k_train.jsonl").read_text().splitlines()[:40]
-    path = tmp_path_factory.mktemp("chat") / "chat.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_chat_sample(shared_data, tmp_path_factory.mktemp("chat") / "chat.jsonl", n=40)
 
 
 def write_config(tmp_path, tiny_base, chat_file, shared_data, **overrides) -> Path:

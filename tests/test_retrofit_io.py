@@ -35,7 +35,7 @@ def test_save_load_reproduces_logits(base_dir, tmp_path, arch, variant):
     model, _ = load_model(str(folder))
     retrofit(model, layers="last:2", variant=variant, freeze="ffn", seed=3)
     with torch.no_grad():  # make the new weights differ from a fresh retrofit
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
         expected = model(IDS).logits

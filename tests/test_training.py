@@ -16,7 +16,7 @@ from kallm.optim import build_optimizer, lr_at
 from kallm.train_config import TrainConfig
 from kallm.training import train_model
 from tests.distributed.train_worker import tiny_frozen_model
-from tests.training_helpers import write_chat_sample
+from tests.training_helpers import Interrupt, StopAt, step_losses, write_chat_sample
 
 BASE = TrainConfig(steps=20, batch_size=4, max_length=128, lr=1e-3, warmup_steps=2, eval_every=5, val_size=8,
                    save_every=10, precision="fp32")
@@ -27,22 +27,10 @@ def chat(shared_data, tmp_path):
     return load_conversations(write_chat_sample(shared_data, tmp_path / "chat.jsonl"))
 
 
-class _Interrupt(Exception):
-    pass
 
 
-class _StopAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_start(self, step: int, model) -> bool:
-        if step == self.step:
-            raise _Interrupt
-        return False
 
 
-def _losses(path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_jsonl(path) if "loss" in r}
 
 
 def test_train_writes_run_folder_and_learns(smol_tokenizer, chat, tmp_path):
@@ -68,13 +56,13 @@ def test_resume_reproduces_uninterrupted_run(smol_tokenizer, chat, tmp_path):
     straight = tmp_path / "straight"
     train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, BASE, straight, progress=False)
     split = tmp_path / "split"
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, BASE, split, progress=False,
-                    callbacks=[_StopAt(10)])
+                    callbacks=[StopAt(10)])
     assert latest_checkpoint(split / "checkpoints").name == "step-00000010"
     result = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, BASE, split,
                          resume=True, progress=False)
-    a, b = _losses(straight / "metrics.jsonl"), _losses(split / "metrics.jsonl")
+    a, b = step_losses(straight / "metrics.jsonl"), step_losses(split / "metrics.jsonl")
     assert sorted(a) == sorted(b) == list(range(1, 21))
     assert abs(a[20] - b[20]) < 1e-6 and abs(result.final_train_loss - a[20]) < 1e-6
     wa = load_file(straight / "checkpoints" / "step-00000020" / "trainable.safetensors")
@@ -90,7 +78,7 @@ def test_prefix_cache_gives_the_same_trajectory(smol_tokenizer, chat, tmp_path):
                         progress=False)
     cached = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat,
                          config.replace(prefix_cache=True), tmp_path / "b", progress=False)
-    a, b = _losses(tmp_path / "a" / "metrics.jsonl"), _losses(tmp_path / "b" / "metrics.jsonl")
+    a, b = step_losses(tmp_path / "a" / "metrics.jsonl"), step_losses(tmp_path / "b" / "metrics.jsonl")
     assert all(abs(a[s] - b[s]) < 1e-5 for s in a)
     assert abs(plain.final_eval_loss - cached.final_eval_loss) < 1e-5
 
@@ -130,12 +118,12 @@ def test_parameter_replacing_callback_rebuilds_optimizer_and_resumes(smol_tokeni
     straight = tmp_path / "straight"
     train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, straight, progress=False,
                 callbacks=[_Regrow()])
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, tmp_path / "split",
-                    progress=False, callbacks=[_Regrow(), _StopAt(4)])
+                    progress=False, callbacks=[_Regrow(), StopAt(4)])
     train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, tmp_path / "split",
                 resume=True, progress=False, callbacks=[_Regrow()])
-    a, b = _losses(straight / "metrics.jsonl"), _losses(tmp_path / "split" / "metrics.jsonl")
+    a, b = step_losses(straight / "metrics.jsonl"), step_losses(tmp_path / "split" / "metrics.jsonl")
     assert all(abs(a[s] - b[s]) < 1e-6 for s in range(1, 7))
     # The replaced weight kept training (the rebuilt optimizer holds it).
     w = load_file(straight / "checkpoints" / "step-00000006" / "trainable.safetensors")
@@ -149,7 +137,7 @@ def test_gradient_accumulation_equals_the_larger_batch(smol_tokenizer, chat, tmp
                       progress=False)
     accum = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat,
                         config.replace(batch_size=2, grad_accum=2), tmp_path / "b", progress=False)
-    a, b = _losses(tmp_path / "a" / "metrics.jsonl"), _losses(tmp_path / "b" / "metrics.jsonl")
+    a, b = step_losses(tmp_path / "a" / "metrics.jsonl"), step_losses(tmp_path / "b" / "metrics.jsonl")
     assert all(abs(a[s] - b[s]) < 1e-5 for s in a) and big.tokens == accum.tokens
     assert abs(big.final_eval_loss - accum.final_eval_loss) < 1e-5
 

@@ -10,3 +10,26 @@ def write_chat_sample(shared_data: Path, target: Path, n: int = 48) -> Path:
     lines = (shared_data / "chat" / "gsm8k_train.jsonl").read_text(encoding="utf-8").splitlines()[:n]
     target.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return target
+
+
+class Interrupt(Exception):
+    """Raised by `StopAt` to simulate a run killed at the start of a step."""
+
+
+class StopAt:
+    """A training callback that interrupts the run at the start of `step` (after the checkpoints before it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_start(self, step: int, model) -> bool:
+        if step == self.step:
+            raise Interrupt
+        return False
+
+
+def step_losses(path) -> dict[int, float]:
+    """{step: training loss} from a metrics.jsonl."""
+    from kallm.io import read_jsonl
+
+    return {r["step"]: r["loss"] for r in read_jsonl(path) if "loss" in r}
