@@ -102,9 +102,32 @@ def _memory() -> tuple[int, str]:
     return int(psutil.Process().memory_info().rss), "rss"
 
 
+def reset_peak_memory() -> None:
+    """Start a new peak-memory window: CUDA's peak counter, or Linux's peak RSS (VmHWM) of this process.
+
+    Without the reset, several runs in one process (an experiment grid) would all report the largest
+    peak seen so far.
+    """
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:  # not Linux, or not permitted: the process-lifetime peak is reported instead
+        pass
+
+
 def _peak_memory() -> tuple[int, str]:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated()), "cuda"
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "rss"
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "rss"  # Linux reports KiB
 
 
@@ -195,6 +218,7 @@ def train_model(
 
     # Autocast is applied here rather than through Accelerate's mixed_precision, whose process-wide
     # state cannot change between runs in one process (experiment grids, tests).
+    reset_peak_memory()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     bf16 = _use_bf16(config)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
