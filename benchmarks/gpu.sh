@@ -3,7 +3,10 @@
 # peak memory and tokens/s per variant.
 # Usage on the GPU machine, from the repo root (python3 there has torch, transformers, accelerate):
 #   bash benchmarks/gpu.sh            # writes $OUT/gpu_slice.json when OUT is set
-# Chat data: ../shared/data/chat if present, else $KALLM_GPU_CHAT (carry a small .jsonl with the run).
+# The GPU machine has neither the hub nor the embedded model package: prepare here first with
+#   .venv/bin/python benchmarks/gpu_slice.py --save-tokenizer     (writes benchmarks/smollm2_tokenizer/, git-ignored)
+# and carry benchmarks/smollm2_tokenizer plus a chat .jsonl (e.g. copied to .gpu/chat.jsonl, KALLM_GPU_CHAT=.gpu/chat.jsonl).
+# The model then has SmolLM2-135M's exact architecture with random weights (same memory and speed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 KALLM_NO_PROGRESS=1
