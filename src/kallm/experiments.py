@@ -104,11 +104,14 @@ def shard_runs(runs: list[PlannedRun], shard: tuple[int, int] | None) -> list[Pl
     return runs[i - 1 :: n]
 
 
+def final_variant_string(variant: VariantConfig) -> str:
+    """The surgery variant (`kan:...@budget=...`) as it stands at the end of training."""
+    return variant.spec + (f"@budget={variant.budget}" if variant.budget is not None else "")
+
+
 def variant_string(variant: VariantConfig) -> str:
-    """The surgery variant (`kan:...@budget=...`), built at the curriculum's first degree if any."""
-    text = variant.spec
-    if variant.budget is not None:
-        text += f"@budget={variant.budget}"
+    """The surgery variant to build with: the final one, at the curriculum's first degree if any."""
+    text = final_variant_string(variant)
     if variant.curriculum:
         from kallm.curriculum import check_final_degree, curriculum_variant
 

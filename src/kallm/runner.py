@@ -16,7 +16,7 @@ import torch
 
 from kallm.config import ExperimentConfig
 from kallm.errors import KallmError
-from kallm.experiments import PlannedRun, record_result, resolve_device, variant_string
+from kallm.experiments import PlannedRun, final_variant_string, record_result, resolve_device, variant_string
 from kallm.io import write_json_atomic
 from kallm.progress import progress_bar
 from kallm.runinfo import run_info
@@ -182,8 +182,7 @@ class GridRunner:
         if v.curriculum:  # the modules now have the final degree; the manifest must say so
             from kallm.surgery import refresh_report
 
-            final = v.spec + (f"@budget={v.budget}" if v.budget is not None else "")
-            report = refresh_report(model, final)
+            report = refresh_report(model, final_variant_string(v))
         train_record = result.to_dict()
         train_record["metrics_path"] = str(Path(result.metrics_path).resolve().relative_to(self.out.resolve()))
         if distill_record is not None:

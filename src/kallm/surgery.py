@@ -287,8 +287,8 @@ def retrofit(
                 built = [m for _, m in replacements if isinstance(m, RetrofitFFN)]
                 new_kind = type(built[0].kallm_ffn).__name__
                 new_params = sum(_count(m) for m in built)
-                if spec.kind == "kan":
-                    hidden_width = _solve_hidden(spec, model_dims(model)[0], old_params)
+                hidden = getattr(built[0].kallm_ffn, "hidden_features", None)  # stacked KANs only
+                hidden_width = hidden[0] if isinstance(hidden, (list, tuple)) and hidden else hidden
             rows.append(LayerReport(site.layer_index, old_kind, new_kind, old_params, new_params, 0, 0))
     trainable = {id(p) for p in policy(model, [layer_list[i] for i in indices], new_modules)}
     for p in model.parameters():
