@@ -58,9 +58,10 @@ class GridRunner:
 
         if self._train_cache is None or self._train_cache.layer_index != layer_index:
             path = self.cache_dir / f"prefix-train-layer{layer_index}.safetensors"
+            fingerprint = prefix_fingerprint(model, layer_index)
             cache = PrefixCache.load(path) if path.is_file() else None
-            if cache is None or cache.fingerprint != prefix_fingerprint(model, layer_index):
-                cache = PrefixCache(layer_index, prefix_fingerprint(model, layer_index))
+            if cache is None or cache.fingerprint != fingerprint:
+                cache = PrefixCache(layer_index, fingerprint)
             self._train_cache = cache
         return self._train_cache
 
