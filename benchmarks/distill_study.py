@@ -32,8 +32,6 @@ from pathlib import Path
 
 import torch
 
-os.environ.setdefault("KALLM_NO_PROGRESS", "1")
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data"))
 SINGLE = "kan:chebyshev2:2"
@@ -47,8 +45,8 @@ log = logging.getLogger("distill_study")
 def held_out_loss(model, examples, pad_id: int, layer_index: int, states: list[torch.Tensor]) -> float:
     """Mean next-token CE over assistant tokens, running only the layers from `layer_index` on."""
     from kallm.data import collate
-    from kallm.lm_loss import check_lm_head, labelled_lm_loss
-    from kallm.prefix import tail_hidden_states
+    from kallm.training.loss import check_lm_head, labelled_lm_loss
+    from kallm.training.prefix import tail_hidden_states
 
     total, count = 0.0, 0
     model.eval()
@@ -63,7 +61,7 @@ def held_out_loss(model, examples, pad_id: int, layer_index: int, states: list[t
 
 def prefix_states(model, examples, pad_id: int, layer_index: int) -> list[torch.Tensor]:
     from kallm.data import collate
-    from kallm.prefix import prefix_hidden_states
+    from kallm.training.prefix import prefix_hidden_states
 
     out = []
     for start in range(0, len(examples), 8):
@@ -115,15 +113,15 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.manual_seed(0)
 
-    from kallm.arch import find_decoder_layers
     from kallm.data import collate, load_conversations
-    from kallm.distill import DistillConfig, _fit_lstsq, collect_ffn_io, distill_retrofit, fvu
     from kallm.io import write_json_atomic, write_text_atomic
-    from kallm.layer_select import parse_layer_spec
     from kallm.models import load_model
-    from kallm.surgery import RetrofitFFN, retrofit
-    from kallm.train_config import TrainConfig
-    from kallm.training import prepare_data
+    from kallm.retrofitting.arch import find_decoder_layers
+    from kallm.retrofitting.distill import DistillConfig, _fit_lstsq, collect_ffn_io, distill_retrofit, fvu
+    from kallm.retrofitting.layers import parse_layer_spec
+    from kallm.retrofitting.surgery import RetrofitFFN, retrofit
+    from kallm.training.config import TrainConfig
+    from kallm.training.examples import prepare_data
 
     t_start = time.perf_counter()
     original, tok = load_model("smollm2-135m-instruct")

@@ -9,7 +9,7 @@
 # The model then has SmolLM2-135M's exact architecture with random weights (same memory and speed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 KALLM_NO_PROGRESS=1
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 DATA="${KALLM_GPU_CHAT:-../shared/data/chat}"
 OUTDIR="${OUT:-/tmp}"
 nvidia-smi --query-gpu=name,memory.total --format=csv || true

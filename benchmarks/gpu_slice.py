@@ -61,9 +61,9 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from kallm.data import load_conversations
-    from kallm.surgery import retrofit
-    from kallm.train_config import TrainConfig
+    from kallm.retrofitting import retrofit
     from kallm.training import train_model
+    from kallm.training.config import TrainConfig
 
     if args.save_tokenizer:
         from kallm.models import load_model

@@ -91,7 +91,7 @@ def real_batch(tokenizer, batch: int, length: int) -> dict:
 
 def build(variant: str):
     from kallm.models import load_model
-    from kallm.surgery import retrofit
+    from kallm.retrofitting import retrofit
 
     model, tokenizer = load_model("smollm2-135m-instruct")
     report = retrofit(model, layers="last:5", variant=variant, freeze="ffn", seed=0)
@@ -109,10 +109,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    from kallm.optim import build_optimizer
-    from kallm.prefix import PrefixCache
-    from kallm.train_config import TrainConfig
-    from kallm.training import StepLoss
+    from kallm.training.config import TrainConfig
+    from kallm.training.loss import StepLoss
+    from kallm.training.optim import build_optimizer
+    from kallm.training.prefix import PrefixCache
 
     setups = {}
     for variant in VARIANTS:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("KALLM_NO_PROGRESS", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kallm.models import load_model_skeleton
-from kallm.surgery import retrofit
+from kallm.retrofitting.surgery import retrofit
 
 pytestmark = pytest.mark.slow
 

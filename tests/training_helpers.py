@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kallm.training.callbacks import Callback
+
 
 def write_chat_sample(shared_data: Path, target: Path, n: int = 48) -> Path:
     """The first `n` real GSM8K conversations of the shared data, as a small jsonl in `target`."""
@@ -16,7 +18,7 @@ class Interrupt(Exception):
     """Raised by `StopAt` to simulate a run killed at the start of a step."""
 
 
-class StopAt:
+class StopAt(Callback):
     """A training callback that interrupts the run at the start of `step` (after the checkpoints before it)."""
 
     def __init__(self, step: int) -> None:

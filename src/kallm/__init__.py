@@ -5,14 +5,20 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 # The public API is imported lazily so `import kallm` stays cheap (no torch/transformers import).
+# (The packages are named `retrofitting`, `training`, `experiment`: a package `kallm.retrofit` would
+# replace the function `kallm.retrofit` as an attribute of `kallm` as soon as it was imported.)
 _LAZY = {
     "load_model": "kallm.models",
-    "retrofit": "kallm.surgery",
-    "save_retrofit": "kallm.retrofit_io",
-    "load_retrofit": "kallm.retrofit_io",
+    "retrofit": "kallm.retrofitting",
+    "retrofit_report": "kallm.retrofitting",
+    "save_retrofit": "kallm.retrofitting",
+    "load_retrofit": "kallm.retrofitting",
+    "parse_variant": "kallm.retrofitting",
+    "VariantSpec": "kallm.retrofitting",
     "train": "kallm.training",
+    "TrainConfig": "kallm.training",
     "evaluate_bbh": "kallm.bbh",
-    "run_experiment": "kallm.experiments",
+    "run_experiment": "kallm.experiment",
     "write_report": "kallm.report",
     "KallmError": "kallm.errors",
 }

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kallm.errors import KallmError
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -76,14 +78,33 @@ def append_jsonl_atomic(target: str | os.PathLike[str], records: Iterable[dict[s
     write_text_atomic(target, old + new)
 
 
+def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """Parse a JSON file; a missing, unreadable or malformed file is a KallmError naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KallmError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KallmError(f"cannot read {what} {path}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KallmError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (none if it does not exist); a bad line is a KallmError naming it."""
     path = Path(path)
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
-            rows.append(json.loads(line))
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise KallmError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
     return rows
 
 

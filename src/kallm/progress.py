@@ -1,8 +1,11 @@
-"""Progress bars that users (and tests) can switch off: KALLM_NO_PROGRESS=1 or progress=False."""
+"""Progress bars (rate and ETA) that callers switch on or off explicitly with `progress=`.
+
+`progress=None` means "when a person is watching": on when stderr is a terminal. The CLI passes
+`progress=False` for `-q`; library code never reads a process-wide switch.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -11,11 +14,7 @@ from tqdm.auto import tqdm
 
 
 def progress_enabled(progress: bool | None = None) -> bool:
-    if progress is not None:
-        return progress
-    if os.environ.get("KALLM_NO_PROGRESS", "") not in ("", "0"):
-        return False
-    return sys.stderr.isatty() or os.environ.get("KALLM_PROGRESS", "") not in ("", "0")
+    return sys.stderr.isatty() if progress is None else progress
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, progress: bool | None = None, **kwargs: Any) -> tqdm:

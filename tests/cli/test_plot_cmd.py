@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from kallm.cli import main
-from kallm.function_plots import DPI, PANEL_INCHES
-from kallm.retrofit_io import save_retrofit
-from kallm.surgery import retrofit
-from tests.test_function_plots import png_size
+from kallm.report.kan_functions import DPI, PANEL_INCHES
+from kallm.retrofitting.folder import save_retrofit
+from kallm.retrofitting.surgery import retrofit
+from tests.report.test_kan_functions import png_size
 from tests.tiny_models import make_tiny_model
 
 

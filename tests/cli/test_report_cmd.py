@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kallm.cli import main
-from tests.test_report import make_run, table_rows
+from tests.report.test_report import make_run, table_rows
 
 
 def test_report_command_writes_report_and_plots(tmp_path, capsys):

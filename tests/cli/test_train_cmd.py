@@ -37,10 +37,10 @@ def test_train_from_flags_writes_a_loadable_retrofit(model_dir, chat_file, tmp_p
     config = json.loads((out / "config.json").read_text())
     assert config["run"]["layers"] == "last:2" and config["train"]["batch_size"] == 2
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r] == [1, 2, 3]
-    from kallm.retrofit_io import load_retrofit
+    from kallm.retrofitting import load_retrofit, retrofit_report
 
     model, _ = load_retrofit(out / "retrofit")
-    assert model.kallm_report.layer_indices == (2, 3)
+    assert retrofit_report(model).layer_indices == (2, 3)
     # Resuming a finished run changes nothing and succeeds.
     before = (out / "metrics.jsonl").read_text()
     assert main(["train", "--model", str(model_dir), "--layers", "last:2", "--variant", "linear",

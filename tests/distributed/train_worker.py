@@ -6,11 +6,9 @@ usage: python -m tests.distributed.train_worker OUT_DIR DATA_FILE STEPS BATCH_SI
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
-os.environ.setdefault("KALLM_NO_PROGRESS", "1")
 torch.set_num_threads(1)
 
 
@@ -26,7 +24,7 @@ def tiny_frozen_model(vocab_size: int):
 
 
 def worker_config(steps: int, batch_size: int, save_every: int = 0, prefix_cache: bool = False):
-    from kallm.train_config import TrainConfig
+    from kallm.training.config import TrainConfig
 
     return TrainConfig(steps=steps, batch_size=batch_size, max_length=128, lr=1e-3, warmup_steps=2, eval_every=0,
                        val_size=8, save_every=save_every, prefix_cache=prefix_cache, precision="fp32")

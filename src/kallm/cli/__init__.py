@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from kallm import __version__
 from kallm.errors import KallmError
 
 # Module names under kallm.cli, one per command (or family of commands).
-_COMMAND_MODULES = ("inspect_cmd", "train_cmd", "eval_cmd", "run_cmd", "report_cmd", "plot_cmd", "demo_cmd")
+_COMMAND_MODULES = ("inspect_cmd", "train_cmd", "eval_cmd", "run_cmd", "report_cmd", "plot_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"kallm.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"kallm.cli.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"kallm.cli.{name}").register(sub)
     return parser
 
 
@@ -44,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "accelerate", "datasets", "httpx", "huggingface_hub", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # Progress bars: off with -q, else on when a person watches (None: when stderr is a terminal).
+    args.progress = False if args.quiet else None
     if args.quiet:
-        os.environ["KALLM_NO_PROGRESS"] = "1"
-    if os.environ.get("KALLM_NO_PROGRESS", "") not in ("", "0"):
         import transformers
 
         transformers.utils.logging.disable_progress_bar()

@@ -39,7 +39,7 @@ def _load(model: str, dtype: str, device: str | None):
     from kallm.models import load_model
 
     if Path(model).is_dir():
-        from kallm.retrofit_io import is_retrofit_dir, load_retrofit
+        from kallm.retrofitting.folder import is_retrofit_dir, load_retrofit
 
         if is_retrofit_dir(model):
             return load_retrofit(model, dtype=dtype, device=device)
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args.model, args.dtype, args.device)
     scores = evaluate_bbh(model, tokenizer, tasks=args.tasks, mode=args.mode, limit=args.limit,
                           data_dir=args.data_dir, batch_size=args.batch_size, chat_template=args.chat_template,
-                          max_gen_toks=args.max_gen_toks, out_dir=args.out)
+                          max_gen_toks=args.max_gen_toks, out_dir=args.out, progress=args.progress)
     print(format_table(scores))
     head = scores["headline_metric"]
     print(f"\n{scores['mode']}: {head} {scores['headline']:.4f} over {scores['counts']['tasks']} tasks, "

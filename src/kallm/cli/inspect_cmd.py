@@ -28,7 +28,7 @@ def format_report(report) -> str:
         "",
         f"model:      {report.model_class} ({report.n_layers} decoder layers)",
         f"variant:    {report.variant} on layers {list(report.layer_indices)}"
-        + (f" (hidden width {report.hidden_width})" if report.hidden_width else ""),
+        + (f" (width {report.hidden_width})" if report.hidden_width else ""),
         f"freeze:     {report.freeze}",
         f"total:      {report.total_params:,}",
         f"trainable:  {report.trainable_params:,}",
@@ -41,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from kallm.models import load_model_skeleton
-    from kallm.surgery import retrofit
+    from kallm.retrofitting import parse_variant, retrofit
 
+    variant = parse_variant(args.variant)  # bad input fails before the model's config is fetched
     model = load_model_skeleton(args.model)
-    report = retrofit(model, layers=args.layers, variant=args.variant, freeze=args.freeze)
+    report = retrofit(model, layers=args.layers, variant=variant, freeze=args.freeze)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0

@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kallm.function_plots import find_kan_layer, plot_kan_functions
-    from kallm.retrofit_io import load_retrofit
+    from kallm.report.kan_functions import find_kan_layer, plot_kan_functions
+    from kallm.retrofitting import load_retrofit
 
     model, _ = load_retrofit(args.retrofit_dir)
     kan = find_kan_layer(model, args.layer, args.sublayer)

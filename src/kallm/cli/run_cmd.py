@@ -1,4 +1,4 @@
-"""`kallm run CONFIG`: run or resume an experiment grid (see kallm.experiments)."""
+"""`kallm run CONFIG`: run or resume an experiment grid (see kallm.experiment)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kallm.experiments import run_experiment
+    from kallm.experiment import run_experiment
 
-    result = run_experiment(args.config, shard=args.shard, dry_run=args.dry_run, force=args.force)
+    result = run_experiment(args.config, shard=args.shard, dry_run=args.dry_run, force=args.force,
+                            progress=args.progress)
     if args.dry_run:
         header = f"{'run':<28} {'spec':<48} {'init':<8} {'trainable':>12} {'total':>13}"
         print(header)

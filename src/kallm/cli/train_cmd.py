@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from kallm.train_config import PRECISIONS, TrainConfig
+from kallm.training.config import PRECISIONS, TrainConfig
 
 _RUN_KEYS = {"model": "smollm2-135m-instruct", "layers": "last:5", "variant": "kan:chebyshev2:2", "freeze": "ffn",
              "data": "HuggingFaceTB/smol-smoltalk", "out": None, "resume": False}
@@ -78,12 +78,13 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kallm.retrofitting import parse_variant
     from kallm.training import train
 
     settings, config = resolve(args)
-    result = train(model=settings["model"], layers=settings["layers"], variant=settings["variant"],
+    result = train(model=settings["model"], layers=settings["layers"], variant=parse_variant(settings["variant"]),
                    freeze=settings["freeze"], data=settings["data"], out=settings["out"], config=config,
-                   resume=bool(settings["resume"]))
+                   resume=bool(settings["resume"]), progress=args.progress)
     evals = ""
     if result.initial_eval_loss is not None and result.final_eval_loss is not None:
         evals = f"; held-out loss {result.initial_eval_loss:.4f} -> {result.final_eval_loss:.4f}"

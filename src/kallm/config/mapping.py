@@ -39,6 +39,13 @@ class FieldError(ConfigError):
         self.message = message
 
 
+class _ParseError(Exception):
+    """A text value that its type's parser refused (the parser's message names what is wrong)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path, self.message = path, message
+
+
 class _TypeMismatch(Exception):
     def __init__(self, path: str, expected: str, value: Any, hint: str = "") -> None:
         self.path, self.expected, self.value, self.hint = path, expected, value, hint
@@ -61,6 +68,8 @@ def describe(tp: Any) -> str:
         return "a path (string)"
     if tp is type(None):
         return "null"
+    if isinstance(tp, type) and hasattr(tp, "from_text"):
+        return f"a {tp.__name__} written as a string"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (Union, types.UnionType):
@@ -84,69 +93,22 @@ def _plural(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, path: str, lines: Lines | None) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    origin = typing.get_origin(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = ""
-        for arm in args:
-            if arm is type(None):
-                continue
-            try:
-                return _convert(value, arm, path, lines)
-            except _TypeMismatch as exc:
-                if exc.path != path:  # the arm matched here but something inside it is wrong
-                    raise
-                hint = hint or exc.hint
-        raise _TypeMismatch(path, describe(tp), value, hint)
+        return _convert_union(value, tp, path, lines)
     if origin is Literal:
-        if value in args and not isinstance(value, bool) or any(value is a for a in args):
-            return value
-        close = difflib.get_close_matches(value, [str(a) for a in args], n=1) if isinstance(value, str) else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise _TypeMismatch(path, describe(tp), value, hint)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
+        return _convert_literal(value, tp, path)
+    if tp in _SCALARS:
+        accepts, make = _SCALARS[tp]
+        if accepts(value):
+            return make(value)
         raise _TypeMismatch(path, describe(tp), value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _TypeMismatch(path, describe(tp), value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _TypeMismatch(path, describe(tp), value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _TypeMismatch(path, describe(tp), value)
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise _TypeMismatch(path, describe(tp), value)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _TypeMismatch(path, describe(tp), value)
-        item_tp = args[0] if args else Any
-        return [_convert(v, item_tp, join_key(path, i), lines) for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _TypeMismatch(path, describe(tp), value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], join_key(path, i), lines) for i, v in enumerate(value))
-        if args and len(value) != len(args):
-            raise _TypeMismatch(path, describe(tp), value)
-        item_tps = args or (Any,) * len(value)
-        return tuple(_convert(v, t, join_key(path, i), lines) for i, (v, t) in enumerate(zip(value, item_tps)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise _TypeMismatch(path, describe(tp), value)
-        key_tp, val_tp = args if args else (Any, Any)
-        return {_convert(k, key_tp, path, lines): _convert(v, val_tp, join_key(path, str(k)), lines)
-                for k, v in value.items()}
+    if origin in (list, tuple, dict):
+        return _convert_container(value, tp, path, lines)
+    if isinstance(tp, type) and hasattr(tp, "from_text") and not isinstance(value, tp):
+        return _parse_text(value, tp, path)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):
             return value
@@ -158,6 +120,71 @@ def _convert(value: Any, tp: Any, path: str, lines: Lines | None) -> Any:
             return value
         raise _TypeMismatch(path, describe(tp), value)
     raise TypeError(f"from_mapping: unsupported annotation {tp!r} at {path!r}")
+
+
+# scalar type -> (does a YAML value fit it, how to convert it)
+_SCALARS: dict[Any, tuple[Any, Any]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), lambda v: v),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), float),
+    str: (lambda v: isinstance(v, str), lambda v: v),
+    Path: (lambda v: isinstance(v, str | Path), Path),
+}
+
+
+def _convert_union(value: Any, tp: Any, path: str, lines: Lines | None) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    hint = ""
+    for arm in args:
+        if arm is type(None):
+            continue
+        try:
+            return _convert(value, arm, path, lines)
+        except _TypeMismatch as exc:
+            if exc.path != path:  # the arm matched here but something inside it is wrong
+                raise
+            hint = hint or exc.hint
+    raise _TypeMismatch(path, describe(tp), value, hint)
+
+
+def _convert_literal(value: Any, tp: Any, path: str) -> Any:
+    args = typing.get_args(tp)
+    if value in args and not isinstance(value, bool) or any(value is a for a in args):
+        return value
+    close = difflib.get_close_matches(value, [str(a) for a in args], n=1) if isinstance(value, str) else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise _TypeMismatch(path, describe(tp), value, hint)
+
+
+def _convert_container(value: Any, tp: Any, path: str, lines: Lines | None) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _TypeMismatch(path, describe(tp), value)
+        key_tp, val_tp = args if args else (Any, Any)
+        return {_convert(k, key_tp, path, lines): _convert(v, val_tp, join_key(path, str(k)), lines)
+                for k, v in value.items()}
+    if not isinstance(value, list | tuple):
+        raise _TypeMismatch(path, describe(tp), value)
+    if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+        items = [_convert(v, args[0] if args else Any, join_key(path, i), lines) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if args and len(value) != len(args):
+        raise _TypeMismatch(path, describe(tp), value)
+    item_tps = args or (Any,) * len(value)
+    return tuple(_convert(v, t, join_key(path, i), lines) for i, (v, t) in enumerate(zip(value, item_tps)))
+
+
+def _parse_text(value: Any, tp: type, path: str) -> Any:
+    """Types that are written as text in configs (e.g. VariantSpec) are parsed once, here, by `tp.from_text`."""
+    if not isinstance(value, str):
+        raise _TypeMismatch(path, describe(tp), value)
+    try:
+        return tp.from_text(value)
+    except KallmError as exc:
+        raise _ParseError(path, str(exc)) from None
 
 
 def config_fields(cls: type) -> list[dataclasses.Field]:
@@ -187,6 +214,8 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "", lines: 
             kwargs[name] = _convert(data[name], hints[name], path, lines)
         except _TypeMismatch as exc:
             raise ConfigError(located(f"expected {exc.expected}, got {exc.value!r}{exc.hint}", exc.path, lines)) from None
+        except _ParseError as exc:
+            raise ConfigError(located(exc.message, exc.path, lines)) from None
     try:
         return cls(**kwargs)
     except FieldError as exc:

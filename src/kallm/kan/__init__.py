@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The basis families register themselves in BASES when imported; importing them here (and not from
+# bases.py, which they import) makes every family available as soon as `kallm.kan` is.
+from kallm.kan import fourier, polynomials, rational, splines  # noqa: F401
 from kallm.kan.bases import Basis, get_basis, list_bases, register_basis
 from kallm.kan.build import build_kan, kan_num_params
 from kallm.kan.layer import KANLinear

@@ -12,7 +12,8 @@ domain first, with the family's `default_input_map` (see `kallm.kan.elementwise`
 | bernstein | [0, 1] | `sigmoid` |
 | fourier, bspline, rbf, rational | [-1, 1] (grid range for bspline/rbf) | `tanh` |
 
-Adding a family is one class decorated with `@register_basis("name")` in any module imported below.
+Adding a family is one class decorated with `@register_basis("name")` in a module that `kallm/kan/__init__.py`
+imports (the families register themselves on import).
 Internally the layer asks for `terms(t)` laid out as `(..., n_basis, C)` (basis index before the
 channel index), which lets recurrences write contiguous slabs straight into the layer's matmul buffer.
 """
@@ -152,7 +153,3 @@ def get_basis(name: str, degree: int, **params: Any) -> Basis:
                 raise KallmError(f"basis {name!r}: give {target!r} or its alias {alias!r}, not both")
             params[target] = params.pop(alias)
     return cls(degree, **params)
-
-
-# Families register themselves on import; keep these at the bottom (they import from this module).
-from kallm.kan import polynomials, splines, fourier, rational  # noqa: E402,F401,I001

@@ -7,12 +7,12 @@ Modules: `records` (reading and per-variant summaries), `stats` (mean ± std, pa
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from kallm.io import write_text_atomic
+from kallm.errors import KallmError
+from kallm.io import read_json, write_text_atomic
 from kallm.report import plots, tables
 from kallm.report.records import (
     RESULTS_FILE,
@@ -58,8 +58,8 @@ def _notes(run_dir: Path) -> str | None:
     config = run_dir / "config.json"
     if config.is_file():
         try:
-            data = json.loads(config.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            data = read_json(config, "experiment config")
+        except KallmError:  # notes are optional: a damaged config must not stop the report
             return None
         text = data.get("notes") if isinstance(data, dict) else None
         return text.strip() if isinstance(text, str) and text.strip() else None

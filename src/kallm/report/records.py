@@ -10,6 +10,7 @@ from typing import Any
 
 from kallm.errors import KallmError
 from kallm.report.stats import PairKey, mean_std
+from kallm.retrofitting.variant import VariantSpec, parse_variant
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,16 @@ class VariantSummary:
     spec: str | None
     init: str | None
     records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def variant(self) -> VariantSpec | None:
+        """The recorded spec text as a typed variant (results files are an edge: text is parsed here)."""
+        if not self.spec:
+            return None
+        try:
+            return parse_variant(self.spec)
+        except KallmError:
+            return None
 
     @property
     def metric(self) -> str | None:
@@ -141,9 +152,13 @@ def summarise(records: list[dict[str, Any]]) -> list[VariantSummary]:
 
 def reference_variant(summaries: list[VariantSummary]) -> VariantSummary | None:
     """What the others are compared with: the linear restart if there is one, else the baseline."""
-    for spec in ("linear", "baseline"):
+    def full_size(s: VariantSummary, kind: str) -> bool:
+        v = s.variant
+        return v is not None and v.kind == kind and v.budget is None and v.hidden is None
+
+    for kind in ("linear", "baseline"):  # the full-size linear restart, else the untouched model
         for s in summaries:
-            if s.spec == spec and s.task_scores():
+            if full_size(s, kind) and s.task_scores():
                 return s
     return None
 

@@ -1,0 +1,52 @@
+"""Experiment grids: a config of variants x seeds, run (resumably, in shards) into one folder.
+
+| module | concept |
+| --- | --- |
+| `schema` | the experiment config (`ExperimentConfig`, `VariantConfig`, its train/eval sections) |
+| `plan` | the planned runs, shards, `same-as` sizing, dry-run counts |
+| `results` | the folder's books: bound config, results.jsonl under a lock |
+| `runner` | `GridRunner`: one run = load, (distil), retrofit, train, save, evaluate, record |
+| `eval_cache` | the frozen-prefix cache shared by every variant's likelihood evaluation |
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from kallm.experiment.plan import dry_run_rows, parse_shard, plan_runs, same_as_counts, shard_runs
+from kallm.experiment.results import RESULTS, finished_runs, prepare_output
+from kallm.experiment.schema import ExperimentConfig, load_experiment_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExperimentConfig", "load_config", "run_experiment"]
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    return load_experiment_config(path)
+
+
+def run_experiment(
+    config_path: str | Path, shard: str | None = None, dry_run: bool = False, force: bool = False,
+    progress: bool | None = None,
+) -> Path | list[dict[str, Any]]:
+    """Run (or resume) the grid of `config_path`. Returns the output folder (the plan for dry runs)."""
+    from kallm.experiment.runner import GridRunner
+
+    config = load_config(config_path)
+    runs = shard_runs(plan_runs(config, same_as_counts(config)), parse_shard(shard))
+    if dry_run:
+        return dry_run_rows(config, runs)
+    out = config.output_path()
+    prepare_output(config, out, force=force)
+    done = finished_runs(out)
+    todo = [r for r in runs if r.run_id not in done]
+    log.info("%s: %d runs planned%s, %d already finished, %d to do", config.name, len(runs),
+             f" (shard {shard})" if shard else "", len(runs) - len(todo), len(todo))
+    start = time.perf_counter()
+    GridRunner(config, out, progress=progress).run(todo)
+    log.info("%s: done in %.1f s; results in %s", config.name, time.perf_counter() - start, out / RESULTS)
+    return out

@@ -1,0 +1,220 @@
+"""The per-run pipeline of an experiment grid, with the caches every run of the grid shares.
+
+`kallm.experiment` plans the grid and keeps the books; `GridRunner` does the work of one run:
+load -> (collect activations) -> retrofit -> (distill) -> train -> save -> evaluate -> record.
+
+Every variant keeps decoder layers below the first replaced one untouched, so their hidden states
+are computed once for the training data (train.prefix_cache) and for the evaluation batches
+(eval.prefix_cache, likelihood mode) and reused by every variant and seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kallm.bbh import evaluate_bbh
+from kallm.data import ConversationSet, collate, load_conversations
+from kallm.errors import KallmError
+from kallm.experiment.eval_cache import CachedPrefixForward
+from kallm.experiment.plan import PlannedRun
+from kallm.experiment.results import record_result
+from kallm.experiment.schema import EvalConfig, ExperimentConfig
+from kallm.io import read_json, write_json_atomic
+from kallm.models import load_model, model_source, resolve_device
+from kallm.progress import progress_bar
+from kallm.retrofitting import RetrofitReport, retrofit, save_retrofit
+from kallm.retrofitting.arch import find_decoder_layers
+from kallm.retrofitting.curriculum import DegreeCurriculum
+from kallm.retrofitting.distill import (
+    DistillConfig,
+    collect_ffn_io,
+    distill_retrofit,
+    fits_to_dict,
+    load_ffn_io,
+    save_ffn_io,
+)
+from kallm.retrofitting.layers import parse_layer_spec
+from kallm.retrofitting.surgery import refresh_report
+from kallm.runinfo import run_info
+from kallm.training import train_model
+from kallm.training.checkpoint import latest_checkpoint
+from kallm.training.examples import prepare_data
+from kallm.training.prefix import PrefixCache, prefix_fingerprint
+from kallm.training.state import RunFiles
+
+log = logging.getLogger(__name__)
+
+
+class GridRunner:
+    def __init__(self, config: ExperimentConfig, out: Path, progress: bool | None = None) -> None:
+        self.config = config
+        self.out = out
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.cache_dir = out / "cache"
+        self._conversations: ConversationSet | None = None
+        self._train_cache: PrefixCache | None = None
+        self._eval_forward: CachedPrefixForward | None = None
+        self._distill_io: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # ------------------------------------------------------------ shared inputs
+
+    def load_base(self):
+        return load_model(self.config.model, dtype=self.config.dtype, device=self.device)
+
+    def conversations(self) -> ConversationSet:
+        if self._conversations is None:
+            train = self.config.train
+            self._conversations = load_conversations(train.data, on_bad_row=train.on_bad_row,
+                                                     max_conversations=train.max_conversations)
+        return self._conversations
+
+    def train_prefix_cache(self, model: nn.Module, layer_index: int) -> PrefixCache:
+        """One cache of training-data prefix states for the whole grid, kept on disk between runs."""
+        if self._train_cache is None or self._train_cache.layer_index != layer_index:
+            path = self.cache_dir / f"prefix-train-layer{layer_index}.safetensors"
+            fingerprint = prefix_fingerprint(model, layer_index)
+            cache = PrefixCache.load(path) if path.is_file() else None
+            if cache is None or cache.fingerprint != fingerprint:
+                cache = PrefixCache(layer_index, fingerprint)
+            self._train_cache = cache
+        return self._train_cache
+
+    def save_train_cache(self) -> None:
+        if self._train_cache is not None and len(self._train_cache):
+            self._train_cache.save(self.cache_dir / f"prefix-train-layer{self._train_cache.layer_index}.safetensors")
+
+    def distill_io(self, model: nn.Module, tokenizer) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """(input, output) pairs of the original FFNs, collected once per grid and kept on disk."""
+        cfg = self.config.distill or DistillConfig()
+        _, layers = find_decoder_layers(model)
+        indices = parse_layer_spec(self.config.layers, len(layers))
+        path = self.cache_dir / f"distill-io-{cfg.tokens}-{'_'.join(map(str, indices))}.safetensors"
+        if self._distill_io is None and path.is_file():
+            self._distill_io = load_ffn_io(path)
+        if self._distill_io is None:
+            train_cfg = self.config.train.train_config(self.config.seeds[0])
+            examples, _ = prepare_data(tokenizer, self.conversations(), train_cfg, progress=False)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            batches = (collate(examples[i: i + 8], pad) for i in range(0, len(examples), 8))
+            self._distill_io = collect_ffn_io(model, batches, indices, cfg.tokens, progress=self.progress)
+            save_ffn_io(self._distill_io, path)
+        return self._distill_io
+
+    def eval_forward(self, model: nn.Module, report: RetrofitReport) -> CachedPrefixForward | None:
+        """The shared prefix-cached forward for likelihood evaluation, when it is valid."""
+        ecfg = self.config.eval
+        first = min(report.layer_indices)
+        if ecfg.mode != "mc" or not ecfg.prefix_cache or first < 1:
+            return None
+        trained = report.first_trainable_layer
+        if trained is None and report.trainable_params > 0:
+            return None  # something below the layers (embeddings) trains: no shared prefix
+        if trained is not None and trained < first:
+            return None
+        if self._eval_forward is None:
+            self._eval_forward = CachedPrefixForward(first)
+        return self._eval_forward.bind(model)
+
+    # ------------------------------------------------------------ one run
+
+    def run(self, runs: list[PlannedRun]) -> None:
+        for run in progress_bar(runs, desc="experiment", unit="run", progress=self.progress):
+            self.run_one(run)
+
+    def run_one(self, run: PlannedRun) -> dict[str, Any]:
+        start = time.perf_counter()
+        run_dir = self.out / "runs" / run.run_id
+        v = run.variant
+        log.info("run %s: %s (init %s)", run.run_id, run.spec, v.init)
+        model, tokenizer = self.load_base()
+        record: dict[str, Any] = {"run_id": run.run_id, "variant": v.name, "spec": str(run.spec),
+                                  "kind": run.spec.kind, "init": v.init, "seed": run.seed,
+                                  "same_as": v.same_as, "curriculum": v.curriculum}
+        if not v.trained:
+            report = retrofit(model, layers=self.config.layers, variant=run.spec, freeze=self.config.freeze)
+        else:
+            report, record["distill"], record["train"] = self._train(run, model, tokenizer, run_dir)
+            save_retrofit(model, run_dir / "retrofit", base_model=model_source(self.config.model), overwrite=True)
+        record["params"] = {"total": report.total_params,
+                            "trainable": report.trainable_params if v.trained else 0,
+                            "replaced_old": report.replaced_old_params, "replaced_new": report.replaced_new_params,
+                            "hidden_width": report.hidden_width}
+        record.update(self._evaluate(model, tokenizer, report, run_dir / "eval"))
+        info = run_info()
+        record.update({"config_hash": self.config.config_hash, "versions": info["versions"],
+                       "git_commit": info["git_commit"], "time": info["time"], "device": info["device_name"],
+                       "wall_s": time.perf_counter() - start})
+        record_result(self.out, record)
+        return record
+
+    def _distill(self, run: PlannedRun, model: nn.Module, io, run_dir: Path) -> dict[str, Any] | None:
+        """Fit the new FFNs to the recorded activations (once per run), or read the earlier fit's record."""
+        distill_file = run_dir / "distill.json"
+        if io is None:
+            return read_json(distill_file, "distillation record") if distill_file.is_file() else None
+        fits = distill_retrofit(model, io, self.config.distill or DistillConfig(), seed=int(run.seed),
+                                progress=self.progress)
+        record = {"fvu": {str(f.layer): f.fvu for f in fits}, "layers": fits_to_dict(fits)}
+        write_json_atomic(distill_file, record)
+        return record
+
+    def _train(self, run: PlannedRun, model: nn.Module, tokenizer, run_dir: Path):
+        v, seed = run.variant, int(run.seed)
+        files = RunFiles(run_dir / "train")
+        resuming = files.config.is_file()
+        has_checkpoint = latest_checkpoint(files.checkpoints) is not None
+        io = self.distill_io(model, tokenizer) if v.init == "distill" and not has_checkpoint else None
+        report = retrofit(model, layers=self.config.layers, variant=run.build_spec, freeze=self.config.freeze,
+                          seed=seed)
+        distill_record = self._distill(run, model, io, run_dir)
+        tcfg = self.config.train.train_config(seed)
+        k = report.first_trainable_layer
+        shared = self.train_prefix_cache(model, k) if tcfg.prefix_cache and k else None
+        callbacks = [DegreeCurriculum(v.curriculum)] if v.curriculum else []
+        meta = {"experiment": self.config.name, "run_id": run.run_id, "variant": str(report.variant),
+                "layers": self.config.layers, "freeze": self.config.freeze, "init": v.init}
+        result = train_model(model, tokenizer, self.conversations(), tcfg, files.out, resume=resuming,
+                             progress=self.progress, callbacks=callbacks, prefix_cache=shared, run_meta=meta)
+        self.save_train_cache()
+        if v.curriculum:  # the modules now have the final degree; the manifest must say so
+            report = refresh_report(model, run.spec)
+        train_record = result.to_dict()
+        train_record["metrics_path"] = str(Path(result.metrics_path).resolve().relative_to(self.out.resolve()))
+        if distill_record is not None:
+            distill_record["eval_loss_after"] = result.initial_eval_loss
+        return report, distill_record, train_record
+
+    def _evaluate(self, model: nn.Module, tokenizer, report: RetrofitReport, eval_dir: Path) -> dict[str, Any]:
+        ecfg = self.config.eval
+        model.eval()
+        forward = self.eval_forward(model, report)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            scores = evaluate_bbh(model, tokenizer, tasks=ecfg.tasks, mode=ecfg.mode, limit=ecfg.limit,
+                                  data_dir=ecfg.data_dir, batch_size=ecfg.batch_size,
+                                  chat_template=ecfg.chat_template, max_gen_toks=ecfg.max_gen_toks,
+                                  progress=self.progress, out_dir=eval_dir, forward_fn=forward)
+        wall = time.perf_counter() - t0
+        return {**summarise_scores(scores, ecfg), "eval": {"mode": ecfg.mode, "limit": ecfg.limit,
+                                                            "chat_template": ecfg.chat_template,
+                                                            "n_examples": scores["counts"]["examples"],
+                                                            "wall_s": wall}}
+
+
+def summarise_scores(scores: dict[str, Any], ecfg: EvalConfig) -> dict[str, Any]:
+    """The record's `metric` and `scores` block from evaluate_bbh's output."""
+    names = list(scores["metrics"])
+    metric = ecfg.metric or scores["headline_metric"]
+    if metric not in names:
+        raise KallmError(f"eval.metric {metric!r} is not one of this mode's metrics: {', '.join(names)}")
+    metrics = {m: {"average": scores["macro"][m], "per_task": {t: row[m] for t, row in scores["tasks"].items()}}
+               for m in names}
+    return {"metric": metric, "scores": {"average": metrics[metric]["average"],
+                                         "per_task": metrics[metric]["per_task"], "metrics": metrics}}

@@ -1,0 +1,236 @@
+"""The experiment config: which model, which layers, which variants, seeds, train/eval/distill settings.
+
+Loaded from YAML by `load_experiment_config`; every error names the file, line and key. Values that
+are text in the file but typed in kallm (a variant spec, a curriculum) are parsed and checked here,
+once, when the config is loaded: a config that loads is one whose variants can be built.
+
+`output_dir` is kept as written; a relative path is resolved against the current working
+directory when the experiment runs (see `ExperimentConfig.output_path`), not against the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kallm.bbh.evaluate import EvalSettings
+from kallm.config.mapping import INTERNAL, FieldError, from_mapping
+from kallm.config.yamlsrc import load_yaml_mapping
+from kallm.data import DEFAULT_DATASET
+from kallm.errors import KallmError
+from kallm.registry import Registry, unknown_name_message
+from kallm.retrofitting.curriculum import DegreeSchedule, check_schedule_for, start_variant, validate_schedule
+from kallm.retrofitting.distill import DistillConfig
+from kallm.retrofitting.variant import Budget, VariantSpec
+from kallm.runinfo import config_hash
+from kallm.training.config import TrainConfig
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+Freeze = Literal["ffn", "blocks", "blocks+embeddings", "none"]
+Init = Literal["random", "distill"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+SAME_AS = "same-as"
+
+
+@dataclass(frozen=True)
+class TrainSection(TrainConfig):
+    """An experiment's `train:` section: the training settings plus where the chat data comes from.
+
+    `seed` is set per run from the experiment's `seeds`.
+    """
+
+    data: str | list[str] = DEFAULT_DATASET
+
+    def train_config(self, seed: int) -> TrainConfig:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{**values, "seed": seed})
+
+
+@dataclass(frozen=True)
+class EvalConfig(EvalSettings):
+    """`EvalSettings` (mode, limit, batch_size, chat_template, max_gen_toks) plus what the runner needs."""
+
+    data_dir: str | None = None  # BBH folder (official layout) or hub id; default $KALLM_BBH_DIR or ../shared/data/bbh
+    tasks: str | list[str] = "all"  # names, 'all', or groups
+    metric: str | None = None  # headline metric; default: the evaluator's headline for the mode
+    prefix_cache: bool = True  # mc: reuse the frozen prefix's states across variants and seeds
+
+
+@dataclass
+class VariantConfig:
+    """One arm of the experiment: a name, its typed variant, and how it starts and trains.
+
+    `budget` may be written beside `spec` (`budget: match`, `0.5`, `2000000`): it is folded into `spec`.
+    `budget: same-as NAME` sizes this variant to NAME's new-FFN parameter count; it is resolved when the
+    grid is planned against the model (see `kallm.experiment.plan.resolve_budgets`).
+    """
+
+    name: str
+    spec: VariantSpec
+    # None means the default: 'random' for trained variants, nothing for the baseline.
+    init: Init | None = None
+    budget: str | int | float | None = None
+    # [[step, degree], ...]: from `step` on, train with polynomial degree `degree`.
+    curriculum: DegreeSchedule | None = None
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise FieldError("name", f"{self.name!r} is not a valid variant name; use letters, digits, '_', '.', '-'")
+        if not self.spec.trained:
+            for key in ("init", "budget", "curriculum"):
+                if getattr(self, key) is not None:
+                    raise FieldError(key, f"variant {self.name!r} is the untouched baseline; it cannot have {key!r}")
+            return
+        if self.init is None:
+            self.init = "random"
+        self._fold_budget()
+        if self.curriculum is not None:
+            try:
+                self.curriculum = validate_schedule(self.curriculum)
+                check_schedule_for(self.spec, self.curriculum)
+            except KallmError as exc:
+                raise FieldError("curriculum", str(exc)) from None
+
+    def _fold_budget(self) -> None:
+        if self.budget is None:
+            return
+        if self.spec.budget is not None or self.spec.hidden is not None:
+            raise FieldError("budget", f"the spec '{self.spec}' already sets its size; give budget once")
+        same_as = isinstance(self.budget, str) and self.budget.startswith(SAME_AS)
+        try:
+            budget = Budget("count", 1) if same_as else Budget.parse(self.budget)
+            sized = self.spec.with_budget(budget)  # the spec checks that it can take a budget at all
+        except KallmError as exc:
+            raise FieldError("budget", str(exc)) from None
+        if same_as:
+            if not self.same_as:
+                raise FieldError("budget", f"write '{SAME_AS} VARIANT' with the name of another variant")
+            return
+        self.spec, self.budget = sized, None
+
+    @property
+    def same_as(self) -> str | None:
+        """The variant whose new-FFN parameter count this one matches (`budget: same-as NAME`)."""
+        if isinstance(self.budget, str) and self.budget.startswith(SAME_AS):
+            return self.budget[len(SAME_AS):].strip() or None
+        return None
+
+    @property
+    def trained(self) -> bool:
+        return self.spec.trained
+
+    def build_spec(self) -> VariantSpec:
+        """The variant to build with: the spec itself, or its curriculum's starting degree."""
+        return start_variant(self.spec, self.curriculum) if self.curriculum else self.spec
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment."""
+
+    name: str
+    model: str
+    variants: list[VariantConfig]
+    output_dir: str | None = None  # default: runs/<name>, relative to the working directory at run time
+    dtype: Dtype = "float32"
+    device: str = "auto"
+    layers: str = "last:5"
+    freeze: Freeze = "ffn"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig | None = None
+    notes: str | None = None  # free text for the report: what the run was sized to, and why
+    source: Path | None = field(default=None, metadata=INTERNAL, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise FieldError("name", "must not be empty")
+        if self.output_dir is None:
+            self.output_dir = f"runs/{self.name}"
+        if not self.output_dir.strip():
+            raise FieldError("output_dir", "must not be empty (leave it out for runs/<name>)")
+        if not self.model.strip():
+            raise FieldError("model", "must not be empty: a hub id, a local folder or 'smollm2-135m-instruct'")
+        if not _DEVICE_RE.match(self.device):
+            raise FieldError("device", f"expected auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if not self.layers.strip():
+            raise FieldError("layers", "must not be empty, e.g. 'last:5' or '20-24'")
+        if not self.seeds:
+            raise FieldError("seeds", "must list at least one seed, e.g. [0, 1, 2]")
+        for i, seed in enumerate(self.seeds):
+            if seed in self.seeds[:i]:
+                raise FieldError(f"seeds[{i}]", f"seed {seed} is listed twice")
+        self._check_variants()
+
+    def _check_variants(self) -> None:
+        if not self.variants:
+            raise FieldError("variants", "must list at least one variant, e.g. {name: linear-restart, spec: linear}")
+        names = [v.name for v in self.variants]
+        for i, v in enumerate(self.variants):
+            if v.name in names[:i]:
+                raise FieldError(f"variants[{i}].name", f"variant name {v.name!r} is used twice")
+            if v.same_as is None:
+                continue
+            if v.same_as not in names:
+                raise FieldError(f"variants[{i}].budget", unknown_name_message("variant", v.same_as, names))
+            target = self.variant(v.same_as)
+            if target is v or not target.trained or target.same_as is not None:
+                raise FieldError(f"variants[{i}].budget", f"{SAME_AS} needs another trained variant with a size "
+                                                          f"of its own; {v.same_as!r} is not one")
+
+    def output_path(self, cwd: str | Path | None = None) -> Path:
+        """`output_dir` as a path; relative ones are relative to `cwd` (default: the working directory)."""
+        out = Path(self.output_dir)  # type: ignore[arg-type]
+        return out if out.is_absolute() else Path(cwd or Path.cwd()) / out
+
+    def variant(self, name: str) -> VariantConfig:
+        """The variant called `name` (an unknown name gets a did-you-mean error)."""
+        registry: Registry[VariantConfig] = Registry("variant")
+        for v in self.variants:
+            registry.add(v.name, v)
+        return registry.get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config (includes merged, defaults filled) as JSON-ready data, for recording."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("kallm_internal")}
+        return json.loads(json.dumps(_plain(data), default=str))
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.to_dict())
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(type(value), "from_text"):  # typed values are written back as the text they were read from
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def experiment_from_mapping(data: dict[str, Any], lines: Any = None) -> ExperimentConfig:
+    """Validate already-parsed config data (`lines` from the YAML loader, if any)."""
+    return from_mapping(ExperimentConfig, data, "", lines)
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Load, merge (`include:`) and validate an experiment YAML file."""
+    data, lines = load_yaml_mapping(path)
+    if data.get("distill") is None:
+        data.pop("distill", None)
+    config = experiment_from_mapping(data, lines)
+    config.source = Path(path)
+    return config

@@ -1,0 +1,209 @@
+"""Retrofit: replace chosen FFNs of any decoder-only HF model, freeze the rest, count parameters.
+
+    report = retrofit(model, layers="last:5", variant="kan:chebyshev2:2", freeze="ffn", seed=0)
+
+New modules are wrapped in `RetrofitFFN`, whose single child is called `kallm_ffn`: every new
+parameter's name contains `.kallm_ffn.`, so "what is new" is one filter (`is_new_param`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from kallm.errors import KallmError
+from kallm.kan import build_kan
+from kallm.registry import Registry
+from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn, model_dims
+from kallm.retrofitting.freeze import FREEZE_POLICIES, first_trainable_layer
+from kallm.retrofitting.layers import parse_layer_spec
+from kallm.retrofitting.report import (
+    LayerReport,
+    RetrofitReport,
+    attach_report,
+    count_params,
+    find_report,
+    module_params,
+    retrofit_report,
+)
+from kallm.retrofitting.sizing import kan_hidden_width, linear_width, resize_mlp
+from kallm.retrofitting.variant import VariantSpec, as_variant
+
+log = logging.getLogger(__name__)
+
+NEW_PARAM_MARKER = ".kallm_ffn."
+
+
+class RetrofitFFN(nn.Module):
+    """Holds a replacement FFN under the recognisable name `kallm_ffn`."""
+
+    def __init__(self, inner: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.kallm_ffn = inner
+        self.kind = kind
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.kallm_ffn(hidden_states)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+
+def is_new_param(name: str) -> bool:
+    return NEW_PARAM_MARKER in f".{name}"
+
+
+def replacement_modules(layer: nn.Module) -> list[RetrofitFFN]:
+    """The RetrofitFFN children of one decoder layer (empty when the layer was not replaced)."""
+    return [m for m in layer.children() if isinstance(m, RetrofitFFN)]
+
+
+# ---------------------------------------------------------------- replacement builders
+
+def _reinit_like_model(model: nn.Module, module: nn.Module) -> None:
+    """Re-initialise `module` with the model's own `_init_weights` (what from-scratch training would use)."""
+    init = getattr(model, "_init_weights", None)
+    if init is None:
+        raise KallmError(f"{type(model).__name__} has no _init_weights; cannot initialise a linear restart")
+    for sub in module.modules():
+        for p in sub.parameters(recurse=False):
+            # transformers skips modules it marks as already initialised
+            if hasattr(p, "_is_hf_initialized"):
+                p._is_hf_initialized = False
+        if hasattr(sub, "_is_hf_initialized"):
+            sub._is_hf_initialized = False
+        init(sub)
+
+
+def _site_modules(site: FFNSite) -> list[nn.Module]:
+    return [site.module] + [getattr(site.layer, name) for name in site.bypass]
+
+
+def ffn_param_count(site: FFNSite) -> int:
+    return sum(module_params(m) for m in _site_modules(site))
+
+
+Replacement = list[tuple[str, nn.Module]]
+
+
+def _build_linear(model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
+    """Fresh copies of the FFN's own modules, narrowed to the spec's width when it has one."""
+    d, inter = model_dims(model)
+    names = [site.attr, *(n for n in site.bypass if module_params(getattr(site.layer, n)) > 0)]
+    width = linear_width(spec, [getattr(site.layer, n) for n in names], d, inter)
+    replacements = []
+    for name in names:
+        fresh = copy.deepcopy(getattr(site.layer, name))
+        if width is not None:
+            fresh = resize_mlp(fresh, d, inter, width)
+        _reinit_like_model(model, fresh)
+        replacements.append((name, RetrofitFFN(fresh, "linear")))
+    return replacements, width
+
+
+def _build_kan(model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
+    d, _ = model_dims(model)
+    hidden = kan_hidden_width(spec, d, ffn_param_count(site))
+    inner = build_kan(spec.kan, d, d, hidden_features=hidden)
+    widths = getattr(inner, "hidden_features", None)  # stacked KANs only
+    replacements: Replacement = [(site.attr, RetrofitFFN(inner, "kan"))]
+    replacements += [(name, nn.Identity()) for name in site.bypass]
+    return replacements, widths[0] if widths else None
+
+
+VariantBuilder = Callable[[nn.Module, FFNSite, VariantSpec], tuple[Replacement, "int | None"]]
+VARIANT_BUILDERS: Registry[VariantBuilder] = Registry("variant")
+VARIANT_BUILDERS.add("linear", _build_linear)
+VARIANT_BUILDERS.add("kan", _build_kan)
+
+
+# ---------------------------------------------------------------- entry point
+
+def _replace_layer(model: nn.Module, site: FFNSite, spec: VariantSpec, seed: int,
+                   new_modules: list[nn.Module]) -> tuple[LayerReport, int | None]:
+    old_params, old_kind = ffn_param_count(site), type(site.module).__name__
+    if not spec.trained:
+        return LayerReport(site.layer_index, old_kind, old_kind, old_params, old_params, 0, 0), None
+    torch.manual_seed(seed * 100_003 + site.layer_index)  # distinct, reproducible per layer
+    replacements, width = VARIANT_BUILDERS.get(spec.kind)(model, site, spec)
+    ref = next(model.parameters())
+    for name, module in replacements:
+        module.to(device=ref.device, dtype=ref.dtype)
+        setattr(site.layer, name, module)
+    built = [m for _, m in replacements if isinstance(m, RetrofitFFN)]
+    new_modules += built
+    new_params = sum(module_params(m) for m in built)
+    return LayerReport(site.layer_index, old_kind, type(built[0].kallm_ffn).__name__, old_params, new_params,
+                       0, 0), width
+
+
+def retrofit(
+    model: nn.Module,
+    layers: str = "last:5",
+    variant: str | VariantSpec = "kan:chebyshev2:2",
+    freeze: str = "ffn",
+    seed: int = 0,
+) -> RetrofitReport:
+    """Replace the FFNs of the selected decoder layers in place and set what trains.
+
+    Returns a report of what was replaced and the parameter counts; `retrofit_report(model)` gives it
+    back later (save_retrofit writes it into the manifest).
+    """
+    if find_report(model) is not None or any(isinstance(m, RetrofitFFN) for m in model.modules()):
+        raise KallmError("this model was already retrofitted; load a fresh copy to apply another variant")
+    spec = as_variant(variant)
+    policy = FREEZE_POLICIES.get(freeze)
+    _, layer_list = find_decoder_layers(model)
+    indices = parse_layer_spec(layers, len(layer_list))
+    sites = [find_ffn(layer_list[i], i, type(model).__name__) for i in indices]
+    new_modules: list[nn.Module] = []
+    with torch.random.fork_rng(devices=[]):
+        built = [_replace_layer(model, site, spec, seed, new_modules) for site in sites]
+    rows = [row for row, _ in built]
+    trainable = {id(p) for p in policy(model, [layer_list[i] for i in indices], new_modules)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    report = RetrofitReport(
+        model_class=type(model).__name__, n_layers=len(layer_list), layer_spec=layers, layer_indices=indices,
+        variant=spec, freeze=freeze, seed=seed, total_params=0, trainable_params=0,
+        replaced_old_params=sum(r.old_params for r in rows) if spec.trained else 0,
+        replaced_new_params=0, first_trainable_layer=first_trainable_layer(model), layers=rows,
+        hidden_width=built[0][1] if built else None,
+    )
+    _recount(model, report)
+    attach_report(model, report)
+    log.info("retrofit %s: %s on layers %s, freeze=%s: %s trainable of %s", report.model_class, spec,
+             list(indices), freeze, f"{report.trainable_params:,}", f"{report.total_params:,}")
+    return report
+
+
+def _recount(model: nn.Module, report: RetrofitReport) -> None:
+    """Fill the report's counts from the modules as they are now."""
+    _, layer_list = find_decoder_layers(model)
+    for row in report.layers:
+        layer = layer_list[row.layer]
+        new = replacement_modules(layer)
+        if new:
+            row.new_params = sum(module_params(m) for m in new)
+            row.new_kind = type(new[0].kallm_ffn).__name__
+        row.params = module_params(layer)
+        row.trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+    report.total_params, report.trainable_params = count_params(model)
+    report.replaced_new_params = sum(r.new_params for r in report.layers) if report.variant.trained else 0
+
+
+def refresh_report(model: nn.Module, variant: VariantSpec | None = None) -> RetrofitReport:
+    """Recount a retrofit after its modules changed shape (a degree raise); optionally set its variant.
+
+    The saved manifest must describe the modules as they are now, or `load_retrofit` could not rebuild them.
+    """
+    report = retrofit_report(model)
+    if variant is not None:
+        report.variant = variant
+    _recount(model, report)
+    return report

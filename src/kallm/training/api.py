@@ -1,0 +1,56 @@
+"""`kallm.train`: load a model, retrofit it, train it on chat data and save the retrofit, in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from kallm.data import DEFAULT_DATASET, load_conversations
+from kallm.models import load_model, model_source
+from kallm.retrofitting import VariantSpec, retrofit, save_retrofit
+from kallm.retrofitting.variant import as_variant
+from kallm.training.callbacks import TrainCallback
+from kallm.training.config import TrainConfig, TrainResult
+from kallm.training.loop import train_model
+from kallm.training.state import RunFiles, check_out_dir
+
+
+def _data_sources(data: str | Path | Sequence[str | Path]) -> tuple[list[str | Path], list[str]]:
+    """(as given, as recorded): local paths are recorded absolute so the record means the same anywhere."""
+    sources = [data] if isinstance(data, str | Path) else list(data)
+    resolved = [str(Path(s).resolve()) if Path(str(s)).expanduser().exists() else str(s) for s in sources]
+    return sources, resolved
+
+
+def train(
+    model: str = "smollm2-135m-instruct",
+    layers: str = "last:5",
+    variant: str | VariantSpec = "kan:chebyshev2:2",
+    freeze: str = "ffn",
+    data: str | Path | Sequence[str | Path] = DEFAULT_DATASET,
+    out: str | Path = "runs/train",
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks: Sequence[TrainCallback] = (),
+) -> TrainResult:
+    """Load a model, retrofit it, train it on chat data, and save the retrofit to `out/retrofit`."""
+    from accelerate import PartialState
+
+    config = config or TrainConfig()
+    spec = as_variant(variant)
+    sources, recorded = _data_sources(data)
+    files = RunFiles(Path(out))
+    run_meta = {"model": model_source(model), "layers": layers, "variant": str(spec), "freeze": freeze,
+                "data": recorded}
+    check_out_dir(files, {"train": config.to_dict(), "run": run_meta}, resume)  # before any loading
+    conversations = load_conversations(sources, on_bad_row=config.on_bad_row,
+                                       max_conversations=config.max_conversations)
+    net, tokenizer = load_model(model)
+    retrofit(net, layers=layers, variant=spec, freeze=freeze, seed=config.seed)
+    result = train_model(net, tokenizer, conversations, config, out, resume=resume, progress=progress,
+                         callbacks=callbacks, run_meta=run_meta)
+    if files.config.is_file() and PartialState().is_main_process:  # only the main process writes the folder
+        save_retrofit(net.cpu(), files.retrofit, base_model=model_source(model), overwrite=True,
+                      extra={"training": result.to_dict()})
+    return result
