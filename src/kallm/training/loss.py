@@ -124,3 +124,23 @@ class StepLoss(nn.Module):
                 prefix_states: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         hidden = tail_hidden_states(self.model, input_ids, attention_mask, self.layer_index, prefix_states)
         return labelled_lm_loss(hidden, labels, check_lm_head(self.model), self.chunk_size)
+
+
+@torch.no_grad()
+def per_sequence_nll(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear,
+                     chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token NLL, labelled positions) per row of a batch, float64; no autograd.
+
+    The held-out verdict pairs variants conversation by conversation, so it needs each row's sum, not the
+    batch total that training uses.
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    rows = torch.nonzero(keep, as_tuple=True)[0]  # row of each kept position, in the order `[keep]` gathers
+    hidden_rows, kept_targets = hidden[:, :-1][keep], targets[keep]
+    sums = torch.zeros(labels.shape[0], dtype=torch.float64, device=hidden.device)
+    for start in range(0, hidden_rows.shape[0], chunk_size):
+        logits = head(hidden_rows[start: start + chunk_size]).float()
+        nll = F.cross_entropy(logits, kept_targets[start: start + chunk_size], reduction="none")
+        sums.index_add_(0, rows[start: start + chunk_size], nll.double())
+    return sums, keep.sum(1)

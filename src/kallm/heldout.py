@@ -1,0 +1,106 @@
+"""Held-out quality: mean next-token NLL per assistant token on conversations no run trained on.
+
+The verdict on a retrofit is how far it falls from the model it came from. Every run of a grid (the
+untouched model included) is scored on the same held-out conversations, and the per-conversation
+sums are kept, so two runs can be compared conversation by conversation (paired). Decoder layers
+below the first one any variant changes are identical in every run, so their output for the
+held-out conversations is computed once per grid (a `PrefixCache`) and only the tail runs per model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from kallm.data import ConversationSet, TokenizedExample, collate, split_indices
+from kallm.errors import KallmError
+from kallm.progress import progress_bar
+from kallm.training.loss import check_lm_head, per_sequence_nll
+from kallm.training.prefix import PrefixCache, tail_hidden_states
+
+
+@dataclass
+class HeldoutScore:
+    """A model's NLL on one held-out set: pooled over tokens, and per conversation (for pairing)."""
+
+    name: str
+    keys: list[str] = field(default_factory=list)  # conversation content keys (TokenizedExample.key)
+    nll_sums: list[float] = field(default_factory=list)  # summed NLL over each conversation's assistant tokens
+    n_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.n_tokens)
+
+    @property
+    def nll(self) -> float:
+        """Mean NLL per assistant token, pooled over the set (nats)."""
+        if not self.total_tokens:
+            raise KallmError(f"held-out set {self.name!r} has no assistant tokens to score")
+        return math.fsum(self.nll_sums) / self.total_tokens
+
+    def summary(self) -> dict[str, Any]:
+        return {"nll": self.nll, "ppl": math.exp(self.nll), "n_conversations": len(self.keys),
+                "n_tokens": self.total_tokens}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "keys": self.keys, "nll_sums": self.nll_sums, "n_tokens": self.n_tokens}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeldoutScore:
+        return cls(str(data["name"]), list(data["keys"]), [float(x) for x in data["nll_sums"]],
+                   [int(n) for n in data["n_tokens"]])
+
+
+def carve_heldout(data: ConversationSet, size: int, seed: int = 0) -> tuple[ConversationSet, ConversationSet]:
+    """(held-out, rest): `size` conversations drawn by a fixed seed, the same for every run of a grid."""
+    if size <= 0:
+        return ConversationSet([], [], [], data.source), data
+    rest, held = split_indices(len(data), val_size=size, seed=seed)
+    return data.subset(held), data.subset(rest)
+
+
+def _batches(examples: list[TokenizedExample], batch_size: int) -> list[list[TokenizedExample]]:
+    """Length-sorted batches (little padding); the order is deterministic, so is every score."""
+    ordered = sorted(examples, key=lambda e: (-len(e), e.key))
+    return [ordered[i: i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+@torch.no_grad()
+def score_heldout(model: nn.Module, examples: list[TokenizedExample], *, name: str, pad_id: int,
+                  layer_index: int = 0, cache: PrefixCache | None = None, batch_size: int = 8,
+                  chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None,
+                  progress: bool | None = None) -> HeldoutScore:
+    """Score `model` on `examples`; layers below `layer_index` come from `cache` when given (computed once)."""
+    if not examples:
+        raise KallmError(f"held-out set {name!r} is empty")
+    if cache is not None and cache.layer_index != layer_index:
+        raise KallmError(f"held-out prefix cache is for layer {cache.layer_index}, not {layer_index}")
+    head = check_lm_head(model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    score = HeldoutScore(name)
+    try:
+        for batch_examples in progress_bar(_batches(examples, batch_size), progress=progress,
+                                           desc=f"held-out {name}", unit="batch"):
+            batch = collate(batch_examples, pad_id)
+            states = None
+            if cache is not None and layer_index > 0:
+                cache.fill(model, batch)
+                states = cache.batch_states(batch, device)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                hidden = tail_hidden_states(model, batch["input_ids"].to(device),
+                                            batch["attention_mask"].to(device), layer_index, states)
+                sums, counts = per_sequence_nll(hidden, batch["labels"].to(device), head, chunk_size)
+            score.keys += [e.key for e in batch_examples]
+            score.nll_sums += sums.tolist()
+            score.n_tokens += counts.tolist()
+    finally:
+        model.train(was_training)
+    return score
