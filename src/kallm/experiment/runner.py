@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kallm.bbh import evaluate_bbh
+from kallm.bbh import evaluate_bbh, load_tasks
+from kallm.bbh.chance import chance_levels
 from kallm.data import ConversationSet, collate, load_conversations
 from kallm.errors import KallmError
 from kallm.experiment.eval_cache import CachedPrefixForward
@@ -63,6 +64,7 @@ class GridRunner:
         self._conversations: ConversationSet | None = None
         self._train_cache: PrefixCache | None = None
         self._eval_forwards: dict[int, CachedPrefixForward] = {}
+        self._chance: dict[str, float] | None = None
         self.heldout = GridHeldout(config, self.cache_dir, progress)
         self._distill_io: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -126,6 +128,13 @@ class GridRunner:
         """Every held-out set scored on the model as it is now (the grid's shared prefix computed once)."""
         self.conversations(tokenizer)  # the held-out sets are carved from the training data
         return self.heldout.score(model, tokenizer, report.unchanged_prefix)
+
+    def chance_levels(self) -> dict[str, float]:
+        """Each evaluated task's chance accuracy (read once per grid from the tasks' answer sets)."""
+        if self._chance is None:
+            ecfg = self.config.eval
+            self._chance = chance_levels(load_tasks(ecfg.tasks, ecfg.data_dir, ecfg.limit))
+        return self._chance
 
     # ------------------------------------------------------------ one run
 
@@ -226,7 +235,10 @@ class GridRunner:
                                   chat_template=ecfg.chat_template, max_gen_toks=ecfg.max_gen_toks,
                                   progress=self.progress, out_dir=eval_dir, forward_fn=forward)
         wall = time.perf_counter() - t0
-        return {**summarise_scores(scores, ecfg), "eval": {"mode": ecfg.mode, "limit": ecfg.limit,
+        summary = summarise_scores(scores, ecfg)
+        summary["scores"]["chance"] = self.chance_levels()
+        summary["scores"]["n"] = {task: row["n"] for task, row in scores["tasks"].items()}
+        return {**summary, "eval": {"mode": ecfg.mode, "limit": ecfg.limit,
                                                             "chat_template": ecfg.chat_template,
                                                             "n_examples": scores["counts"]["examples"],
                                                             "wall_s": wall}}
