@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kallm.errors import KallmError
-from kallm.io import read_json, write_text_atomic
+from kallm.io import check_output_dir, read_json, write_text_atomic
 from kallm.report import plots, tables
 from kallm.report.records import (
     RESULTS_FILE,
@@ -113,6 +113,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     records = load_results(run_dir)
     out = Path(out) if out is not None else run_dir / REPORT_FILE
+    check_output_dir(out.parent, "report folder")
     summaries = summarise(records)
     comps = comparisons(summaries)
     saved = _save_plots(run_dir, out.parent / PLOTS_DIR, summaries, comps)
