@@ -7,15 +7,83 @@ over the target, so a crash (even SIGKILL) leaves either the old file or the new
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kallm.errors import KallmError
+
+log = logging.getLogger(__name__)
+
+# Temporary names made here: "." + target name + "." + tempfile's 8 random characters + ".tmp".
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+# Temporary files older than this process cannot belong to it (see `remove_stale_temps`).
+_STARTED = time.time()
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def share_like_umask(path: Path) -> None:
+    """Give `path` (and, for a folder, everything in it) the mode a plain create would: 0666/0777 & ~umask.
+
+    mkstemp/mkdtemp create 0600/0700 and safetensors writes 0600, but results, retrofits and caches are
+    meant to be shared like any other file the user creates.
+    """
+    umask = _umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove this module's temporary files and folders in `folder` left by a killed process.
+
+    Only names of kallm's own pattern (`.<name>.XXXXXXXX.tmp`) older than this process's start are removed:
+    the caller must own the folder (hold its lock), so that no live writer's temporary file is touched.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if not _TEMP_NAME.match(p.name):
+            continue
+        try:
+            if p.lstat().st_mtime >= _STARTED:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(p)
+        log.info("removed %s, left half-written by an interrupted process", p)
+    return removed
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Fail before any work when folder `path` could not be created or written (nothing is created here)."""
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise KallmError(f"cannot use {path} as {what}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise KallmError(f"cannot write {what} {path}: {probe} is not writable")
+    return path
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,11 +107,9 @@ def atomic_path(target: str | os.PathLike[str]):
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
     try:
         yield tmp_path
+        share_like_umask(tmp_path)  # after the writer: some (safetensors) recreate the file 0600
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
@@ -93,19 +159,49 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
         raise KallmError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (none if it does not exist); a bad line is a KallmError naming it."""
+def read_jsonl(path: str | os.PathLike[str], skip_bad_lines: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (none if it does not exist).
+
+    A line that is not a JSON object is a KallmError naming file and line, or, with `skip_bad_lines`
+    (books that a cut-off write must not make unreadable), skipped with a warning naming them.
+    """
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KallmError(f"cannot read {path}: {exc}") from None
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise KallmError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
+        except json.JSONDecodeError as exc:
+            problem = f"not valid JSON ({exc.msg})"
+        if problem is None:
+            rows.append(row)
+        elif skip_bad_lines:
+            log.warning("%s:%d: skipped a line that is %s (cut off by an interrupted write?)", path, lineno, problem)
+        else:
+            raise KallmError(f"{path}:{lineno}: {problem}")
     return rows
+
+
+def read_tensors(path: str | os.PathLike[str], what: str = "tensor file") -> dict[str, Any]:
+    """All tensors of a safetensors file; a missing, truncated or damaged file is a KallmError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise KallmError(f"{what} {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise KallmError(f"{what} {path} is damaged: {exc}") from None
 
 
 def replace_dir_atomic(target: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
@@ -115,6 +211,7 @@ def replace_dir_atomic(target: str | os.PathLike[str], writer: Callable[[Path], 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         writer(tmp)
+        share_like_umask(tmp)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")

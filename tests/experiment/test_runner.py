@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,25 +17,10 @@ import yaml
 
 from kallm.errors import KallmError
 from kallm.experiment import load_config, parse_shard, plan_runs, run_experiment, shard_runs
+from kallm.experiment.results import finished_runs
 from kallm.io import read_jsonl
-from tests.tiny_models import make_tiny_model
-from tests.training_helpers import write_chat_sample
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory, smol_tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-base")
-    make_tiny_model("llama", vocab_size=len(smol_tokenizer)).save_pretrained(folder)
-    smol_tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def chat_file(tmp_path_factory, shared_data):
-    """40 real conversations from the shared chat data (a small local file, as a user would pass)."""
-    return write_chat_sample(shared_data, tmp_path_factory.mktemp("chat") / "chat.jsonl", n=40)
 
 
 def write_config(tmp_path, tiny_base, chat_file, shared_data, **overrides) -> Path:
@@ -238,3 +224,119 @@ def test_sigkill_mid_run_then_rerun_finishes_only_the_missing_work(tmp_path, tin
             assert r["time"] == done_before[r["run_id"]]
     steps = [m["step"] for m in read_jsonl(out / "runs/kan.seed0/train/metrics.jsonl") if "loss" in m]
     assert steps == list(range(1, 13)), "the resumed run must continue its metrics without gaps or repeats"
+
+
+SMALL_TRAIN = {"steps": 2, "batch_size": 2, "max_length": 64, "eval_every": 0, "val_size": 2, "eval_batches": 1,
+               "save_every": 1}
+
+
+def small_config(tmp_path, tiny_base, chat_file, shared_data, variants, **overrides) -> Path:
+    return write_config(tmp_path, tiny_base, chat_file, shared_data, variants=variants,
+                        **{"seeds": [0], "train": {"data": str(chat_file), **SMALL_TRAIN}, **overrides})
+
+
+def test_runs_held_by_another_process_are_skipped_then_waited_for(tmp_path, tiny_base, chat_file, shared_data,
+                                                                  caplog):
+    """The runner moves on past held runs, then waits for each: it does one itself if its holder let go
+    without recording it, and skips one that the holder recorded."""
+    import contextlib
+    import logging
+    import threading
+
+    from kallm.experiment.results import record_result
+    from kallm.locks import held
+
+    caplog.set_level(logging.INFO, logger="kallm")
+    path = small_config(tmp_path, tiny_base, chat_file, shared_data, [
+        {"name": "baseline", "spec": "baseline"}, {"name": "linear", "spec": "linear"},
+        {"name": "kan", "spec": "kan:chebyshev2:2"}])
+    out = tmp_path / "out"
+    errors: list[BaseException] = []
+
+    def grid() -> None:
+        try:
+            run_experiment(path, progress=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 300
+        while text not in caplog.text:
+            assert not errors and time.monotonic() < deadline, (errors, caplog.text[-2000:])
+            time.sleep(0.05)
+
+    with contextlib.ExitStack() as stack:
+        locks = {rid: stack.enter_context(contextlib.ExitStack()) for rid in ("linear.seed0", "kan.seed0")}
+        for rid, lock_stack in locks.items():
+            lock_stack.enter_context(held(out / "runs" / rid / ".lock"))
+        thread = threading.Thread(target=grid, daemon=True)
+        thread.start()
+        wait_for("waiting for run linear.seed0")
+        assert "run linear.seed0 is being worked on by another process" in caplog.text
+        assert "run kan.seed0 is being worked on by another process" in caplog.text
+        assert finished_runs(out) == {"baseline"}
+        locks["linear.seed0"].close()  # its holder died without recording it: this process does it
+        wait_for("waiting for run kan.seed0")
+        record_result(out, {"run_id": "kan.seed0", "variant": "kan", "by": "the other process"})
+        locks["kan.seed0"].close()
+        thread.join(timeout=300)
+    assert not errors and not thread.is_alive()
+    assert "run kan.seed0 was finished by another process" in caplog.text
+    records = read_jsonl(out / "results.jsonl")
+    assert sorted(r["run_id"] for r in records) == ["baseline", "kan.seed0", "linear.seed0"]
+    assert not (out / "runs" / "kan.seed0" / "train").exists()
+
+
+@pytest.mark.distributed
+def test_two_kallm_run_processes_do_every_run_exactly_once(tmp_path, tiny_base, chat_file, shared_data):
+    path = small_config(tmp_path, tiny_base, chat_file, shared_data, [
+        {"name": "baseline", "spec": "baseline"}, {"name": "linear", "spec": "linear"},
+        {"name": "kan", "spec": "kan:chebyshev2:2"}])
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    procs = [subprocess.Popen([sys.executable, "-m", "kallm", "run", str(path)], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [log[-2000:] for log in logs]
+    out = tmp_path / "out"
+    records = read_jsonl(out / "results.jsonl")
+    ids = ["baseline", "kan.seed0", "linear.seed0"]
+    assert sorted(r["run_id"] for r in records) == ids
+    started = [m for log in logs for m in re.findall(r"INFO kallm\.experiment\.runner: run (\S+): ", log)]
+    assert sorted(started) == ids, "each run is worked on by exactly one process"
+    for rid in ids[1:]:
+        steps = [m["step"] for m in read_jsonl(out / "runs" / rid / "train" / "metrics.jsonl") if "loss" in m]
+        assert steps == [1, 2], rid
+
+
+def test_planted_pickles_in_a_run_folder_never_run(tmp_path, tiny_base, chat_file, shared_data, capsys):
+    """A pickle planted where kallm used to torch.load optimizer and RNG states, then `kallm run` resumes."""
+    from kallm.cli import main
+    from tests.training.test_checkpoint import plant_pickles
+
+    path = small_config(tmp_path, tiny_base, chat_file, shared_data, [{"name": "kan", "spec": "kan:chebyshev2:2"}])
+    out = run_experiment(path, progress=False)
+    marker = tmp_path / "pwned"
+    for ckpt in (out / "runs" / "kan.seed0" / "train" / "checkpoints").iterdir():
+        plant_pickles(ckpt, marker)
+    (out / "results.jsonl").write_text("")  # the run must be resumed from its checkpoints
+    assert main(["-q", "run", str(path)]) == 0, capsys.readouterr().err
+    assert not marker.exists()
+    assert [r["run_id"] for r in read_jsonl(out / "results.jsonl")] == ["kan.seed0"]
+
+
+def test_damaged_caches_are_rebuilt(tmp_path, tiny_base, chat_file, shared_data, caplog):
+    path = small_config(tmp_path, tiny_base, chat_file, shared_data,
+                        [{"name": "kan", "spec": "kan:chebyshev2:2", "init": "distill"}],
+                        seeds=[0, 1], distill={"tokens": 64},
+                        train={"data": str(chat_file), **SMALL_TRAIN, "prefix_cache": True})
+    out = run_experiment(path, shard="1/2", progress=False)
+    caches = sorted((out / "cache").glob("*.safetensors"))
+    assert [p.name.split("-")[0] for p in caches] == ["distill", "prefix"]
+    for cache in caches:
+        cache.write_bytes(cache.read_bytes()[:200])
+    run_experiment(path, shard="2/2", progress=False)
+    assert "activation cache" in caplog.text and "collecting the activations again" in caplog.text
+    assert "prefix cache" in caplog.text and "rebuilding it" in caplog.text
+    assert sorted(r["run_id"] for r in read_jsonl(out / "results.jsonl")) == ["kan.seed0", "kan.seed1"]
+    for cache in caches:
+        assert cache.stat().st_size > 200

@@ -36,7 +36,7 @@ variants:
     spec: "kan:sequential(chebyshev2:2,chebyshev2:2)"
     budget: match
     init: distill
-  - {name: kan-curr, spec: "kan:chebyshev2:3", curriculum: [[0, 1], [100, 3]]}
+  - {name: kan-curr, spec: "kan:chebyshev2:3", curriculum: [[0, 1], [10, 3]]}
   - {name: linear-matched, spec: linear, budget: same-as kan-cheb2}
 """
 
@@ -56,7 +56,7 @@ def test_sections_and_variants_are_typed(tmp_path):
     assert two.spec.budget == Budget("match") and two.budget is None  # folded into the spec
     assert (two.init, cfg.variant("linear-restart").init, cfg.variant("baseline").init) == ("distill", "random", None)
     curr = cfg.variant("kan-curr")
-    assert curr.curriculum == ((0, 1), (100, 3)) and str(curr.build_spec()) == "kan:chebyshev2:1"
+    assert curr.curriculum == ((0, 1), (10, 3)) and str(curr.build_spec()) == "kan:chebyshev2:1"
     matched = cfg.variant("linear-matched")
     assert matched.same_as == "kan-cheb2" and matched.spec.budget is None
     assert cfg.output_dir == "runs/demo" and cfg.source == tmp_path / "config.yaml"
@@ -103,7 +103,7 @@ def test_experiment_level_checks(tmp_path):
     cases = {
         "seeds: [0, 1, 0]\n": r":5: seeds\[2\]: seed 0 is listed twice",
         "seeds: []\n": r":5: seeds: must list at least one seed",
-        "device: gpu\n": r":5: device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'",
+        "device: gpu\n": r":5: device: device 'gpu' is not valid; expected auto, cpu, cuda, cuda:N or mps",
         "layers: ''\n": r":5: layers: must not be empty",
         "train: [1, 2]\n": r":5: train: expected a mapping, got \[1, 2\]",
         "train: {steps: 0}\n": r":5: train\.steps: must be an integer >= 1, got 0",
@@ -132,7 +132,7 @@ def test_to_dict_is_json_ready_and_round_trips(tmp_path):
     data = cfg.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["variants"][3]["spec"] == "kan:sequential(chebyshev2:2,chebyshev2:2)@budget=match"
-    assert data["variants"][4]["curriculum"] == [[0, 1], [100, 3]]
+    assert data["variants"][4]["curriculum"] == [[0, 1], [10, 3]]
     assert data["variants"][5]["budget"] == "same-as kan-cheb2"
     assert "source" not in data
     again = experiment_from_mapping(data)
@@ -141,10 +141,37 @@ def test_to_dict_is_json_ready_and_round_trips(tmp_path):
     assert experiment_from_mapping(changed).config_hash != cfg.config_hash
 
 
-def test_output_path_is_relative_to_the_working_directory(tmp_path):
-    cfg = load_text(tmp_path, MINIMAL + "output_dir: out/x\n")
-    assert cfg.output_path(tmp_path / "cwd") == tmp_path / "cwd" / "out" / "x"
-    assert cfg.output_path() == Path.cwd() / "out" / "x"
+def test_paths_are_relative_to_the_file_that_sets_them(tmp_path, monkeypatch):
+    """Like `include:`: a config works from any working directory; an included file's paths are its own."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "sub" / "defaults.yaml").write_text("train: {data: [../data, org/hub-set]}\n"
+                                                    "eval: {data_dir: ../bbh}\n", encoding="utf-8")
+    cfg = load_text(tmp_path, "include: sub/defaults.yaml\n" + MINIMAL + "output_dir: out/x\n")
+    monkeypatch.chdir(tmp_path / "sub")  # anywhere but the config's folder
+    assert cfg.output_path() == tmp_path / "out" / "x"
+    assert cfg.data_sources() == [tmp_path / "data", "org/hub-set"]
+    assert cfg.bbh_data_dir() == tmp_path / "bbh"
+    assert cfg.model_path() == "m"  # no such folder beside the config: a hub id, as written
+    (tmp_path / "m").mkdir()
+    assert cfg.model_path() == str(tmp_path / "m")
+    assert load_text(tmp_path, MINIMAL).output_path() == tmp_path / "runs" / "t"  # the default, too
+    assert cfg.to_dict()["output_dir"] == "out/x"  # recorded (and hashed) as written: the same on any checkout
+
+
+def test_names_are_checked_when_the_config_loads(tmp_path):
+    cases = {
+        "eval: {tasks: [navigate, boolean_expresions]}\n":
+            r":4: eval\.tasks: unknown BBH task 'boolean_expresions'; did you mean 'boolean_expressions'",
+        "eval: {mode: mc, metric: strict}\n": r":4: eval\.metric: unknown metric 'strict'.*Valid metric names: acc, "
+                                              r"acc_norm \(the metrics of mode 'mc'\)",
+        "train: {steps: 5}\nvariants:\n  - {name: k, spec: 'kan:chebyshev2:2', curriculum: [[0, 1], [5, 2]]}\n":
+            r":5: variants\[0\]\.curriculum: curriculum raises the degree at step 5, but training has only 5 steps",
+    }
+    for text, pattern in cases.items():
+        with pytest.raises(ConfigError, match=pattern):
+            load_text(tmp_path, "name: t\nmodel: m\n" + ("variants: [{name: l, spec: linear}]\n"
+                                                         if "variants" not in text else "") + text)
 
 
 def test_variant_lookup_suggests_names(tmp_path):

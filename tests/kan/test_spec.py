@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kallm.errors import KallmError
 from kallm.kan import (
     BasisSpec,
     KANLinear,
@@ -99,3 +100,15 @@ def test_build_kan_types_widths_and_hidden_override():
     assert kan_num_params("sequential(chebyshev2:2,chebyshev2:2)", 576, 576, 576) == 3 * 576 * 1536
     with pytest.raises(ValueError, match=r"sum to 12, but the layer has in_features=10"):
         build_kan("parallel(chebyshev2:2,legendre:3;sizes=7,5)", 10, 5)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("chebyshev2:100000", "degree 100000 is above kallm's limit of 32"),
+    ("rational:3:den_degree=40", "above kallm's limit of 32"),
+    ("bspline:3:grid_size=65", "'grid_size' must be a positive integer up to 64"),
+])
+def test_sizes_past_the_limits_are_refused(text, match):
+    """A typo must not silently build a layer of hundreds of millions of parameters."""
+    with pytest.raises(KallmError, match=match):
+        parse_kan_spec(text)
+    assert str(parse_kan_spec("chebyshev2:32")) == "chebyshev2:32"

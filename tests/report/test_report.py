@@ -250,9 +250,9 @@ def test_notes_output_location_and_stale_plots(tmp_path):
     assert not (tmp_path / "plots" / "loss_curves.png").exists() and "loss_curves.png" not in text
 
 
-def test_bad_results_are_clear_errors(tmp_path):
+def test_bad_results_are_clear_errors(tmp_path, caplog):
     with pytest.raises(KallmError, match="no results.jsonl in"):
         write_report(tmp_path)
     (tmp_path / "results.jsonl").write_text('{"variant": "a"}\n{oops\n')
-    with pytest.raises(KallmError, match=r"results\.jsonl:2: not valid JSON"):
-        write_report(tmp_path)
+    assert write_report(tmp_path).is_file()  # a line cut off by an interrupted write is skipped, and said
+    assert "results.jsonl:2: skipped a line that is not valid JSON" in caplog.text

@@ -107,3 +107,27 @@ def test_corrupted_or_mismatched_folders(base_dir, tmp_path):
     (out / MANIFEST).write_text("{broken")
     with pytest.raises(KallmError, match="corrupted"):
         load_retrofit(out)
+
+
+def test_save_clears_a_killed_save_and_shares_its_files(base_dir, tmp_path):
+    """A kill between mkstemp and the write leaves a 0-byte temporary manifest: the next save removes it;
+    the weights follow the umask (safetensors alone would write them 0600)."""
+    import os
+    import time
+
+    from kallm.models import load_model
+
+    model, _ = load_model(str(base_dir("llama")))
+    retrofit(model, layers="last:1", variant="linear")
+    out = tmp_path / "retro"
+    out.mkdir()
+    leftover = out / ".manifest.json.q1w2e3r4.tmp"
+    leftover.write_bytes(b"")
+    os.utime(leftover, (time.time() - 600, time.time() - 600))
+    old_umask = os.umask(0o022)
+    try:
+        save_retrofit(model, out)
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, WEIGHTS]
+    assert {(out / n).stat().st_mode & 0o777 for n in (MANIFEST, WEIGHTS)} == {0o644}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,3 +94,76 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(shared_data, tmp_path
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, 15))
+
+
+class _Payload:
+    """A pickle that creates `marker` when it is loaded (what an attacker would plant)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def plant_pickles(checkpoint: Path, marker: Path) -> None:
+    """Put payload pickles where kallm used to torch.load from, and where its tensors now live."""
+    for name in ("optimizer.pt", "rng.pt"):
+        torch.save(_Payload(marker), checkpoint / name)
+
+
+def test_checkpoint_files_hold_no_pickle(tmp_path):
+    model = tiny_frozen_model(64)
+    opt = build_optimizer(model, TrainConfig())
+    _step(model, opt)
+    path = save_checkpoint(tmp_path, 1, model, opt, {})
+    assert sorted(p.name for p in path.iterdir()) == ["optimizer.json", "optimizer.safetensors", "rng.json",
+                                                     "state.json", "trainable.safetensors"]
+    for p in path.iterdir():  # safetensors (an 8-byte header length, then JSON) or JSON text: never a pickle
+        head = p.read_bytes()[:16]
+        assert not head.startswith(b"\x80") and not head.startswith(b"PK"), p.name
+
+
+def test_planted_pickles_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    model = tiny_frozen_model(64)
+    opt = build_optimizer(model, TrainConfig())
+    _step(model, opt)
+    plant_pickles(save_checkpoint(tmp_path / "ck", 1, model, opt, {}), marker)
+    fresh = tiny_frozen_model(64)
+    assert load_checkpoint(latest_checkpoint(tmp_path / "ck"), fresh, build_optimizer(fresh, TrainConfig()))["step"] == 1
+    assert not marker.exists()
+    # A checkpoint of an older kallm (pickles only) is refused without being opened.
+    old = tmp_path / "old" / "step-00000001"
+    old.mkdir(parents=True)
+    (old / "state.json").write_text('{"step": 1}')
+    plant_pickles(old, marker)
+    with pytest.raises(KallmError, match=r"written by an older kallm as pickles .*which kallm does not load"):
+        load_checkpoint(old, fresh)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda p: (p / "trainable.safetensors").write_bytes(b"\x00" * 5), r"trainable\.safetensors is damaged"),
+    (lambda p: (p / "optimizer.safetensors").unlink(), r"optimizer\.safetensors is missing"),
+    (lambda p: (p / "optimizer.json").write_text('{"state": 3}'), r"optimizer\.json is not a kallm optimizer state"),
+    (lambda p: (p / "rng.json").write_text('{"python": [1, 2]'), r"rng\.json is not valid JSON"),
+    (lambda p: (p / "rng.json").write_text('{"python": [3, [1, 2], null], "numpy": 0, "torch": ""}'),
+     r"rng\.json is not a kallm RNG state"),
+    (lambda p: (p / "state.json").write_text('{"step": "3"}'), r"state\.json is not a checkpoint state"),
+])
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path, caplog, damage, message):
+    from kallm.training.checkpoint import newest_readable_checkpoint
+
+    model = tiny_frozen_model(64)
+    opt = build_optimizer(model, TrainConfig())
+    _step(model, opt)
+    save_checkpoint(tmp_path, 1, model, opt, {})
+    _step(model, opt)
+    damage(save_checkpoint(tmp_path, 2, model, opt, {}))
+    ckpt = newest_readable_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.step == 1
+    assert re.search(r"skipping checkpoint step-00000002: .*" + message + r".*resuming from step-00000001", caplog.text)
+    damage(tmp_path / "step-00000001")
+    with pytest.raises(KallmError, match=r"no readable checkpoint in .*" + message + r".*remove .* to start the run"):
+        newest_readable_checkpoint(tmp_path)

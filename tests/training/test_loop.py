@@ -73,6 +73,30 @@ def test_resume_reproduces_uninterrupted_run(smol_tokenizer, chat, tmp_path):
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
 
 
+def test_resume_past_a_damaged_checkpoint_equals_the_uninterrupted_run(smol_tokenizer, chat, tmp_path, caplog):
+    """The newest checkpoint is cut short: the run resumes from the one before, with a warning, and ends
+    exactly where an uninterrupted run ends (metrics hold every step once)."""
+    config = BASE.replace(steps=12, save_every=4, eval_every=0)
+    straight = tmp_path / "straight"
+    train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, straight, progress=False)
+    split = tmp_path / "split"
+    with pytest.raises(Interrupt):
+        train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, split, progress=False,
+                    callbacks=[StopAt(10)])
+    newest = split / "checkpoints" / "step-00000008" / "trainable.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    result = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, split,
+                         resume=True, progress=False)
+    assert "skipping checkpoint step-00000008" in caplog.text
+    a, b = step_losses(straight / "metrics.jsonl"), step_losses(split / "metrics.jsonl")
+    assert [r["step"] for r in read_jsonl(split / "metrics.jsonl") if "loss" in r] == list(range(1, 13))
+    assert abs(a[12] - b[12]) < 1e-6 and abs(result.final_train_loss - a[12]) < 1e-6
+    wa = load_file(straight / "checkpoints" / "step-00000012" / "trainable.safetensors")
+    wb = load_file(split / "checkpoints" / "step-00000012" / "trainable.safetensors")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+
 def test_prefix_cache_gives_the_same_trajectory(smol_tokenizer, chat, tmp_path):
     config = BASE.replace(steps=6, save_every=0, eval_every=3)
     plain = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, tmp_path / "a",

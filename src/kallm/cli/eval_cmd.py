@@ -31,18 +31,20 @@ def register(subparsers) -> None:
     p.add_argument("--chat-template", action="store_true", help="wrap each prompt in the model's chat template")
     p.add_argument("--max-gen-toks", type=int, default=None, help="generation budget (default: lm-eval's)")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: where the model loads)")
+    p.add_argument("--allow-other-base", action="store_true",
+                   help="load a retrofit onto a base model whose weights differ from the one it was trained on")
     p.set_defaults(func=run)
 
 
-def _load(model: str, dtype: str, device: str | None):
+def _load(model: str, dtype: str, device: str | None, allow_other_base: bool = False):
     from kallm.models import load_model
 
     if Path(model).is_dir():
         from kallm.retrofitting.folder import is_retrofit_dir, load_retrofit
 
         if is_retrofit_dir(model):
-            return load_retrofit(model, dtype=dtype, device=device)
+            return load_retrofit(model, dtype=dtype, device=device, allow_other_base=allow_other_base)
     return load_model(model, dtype=dtype, device=device)
 
 
@@ -59,13 +61,19 @@ def format_table(scores: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from kallm.bbh import EvalSettings, evaluate_bbh, select_tasks
     from kallm.bbh.tasks import resolve_data_dir
+    from kallm.io import check_output_dir
+    from kallm.models import resolve_device, resolve_dtype
 
     # Check the cheap things before loading a model.
     EvalSettings(mode=args.mode, limit=args.limit, batch_size=args.batch_size, chat_template=args.chat_template,
                  max_gen_toks=args.max_gen_toks)
     select_tasks(args.tasks)
     resolve_data_dir(args.data_dir)
-    model, tokenizer = _load(args.model, args.dtype, args.device)
+    resolve_dtype(args.dtype)
+    device = resolve_device(args.device) if args.device is not None else None
+    if args.out is not None:
+        check_output_dir(args.out, "--out folder")
+    model, tokenizer = _load(args.model, args.dtype, device, args.allow_other_base)
     scores = evaluate_bbh(model, tokenizer, tasks=args.tasks, mode=args.mode, limit=args.limit,
                           data_dir=args.data_dir, batch_size=args.batch_size, chat_template=args.chat_template,
                           max_gen_toks=args.max_gen_toks, out_dir=args.out, progress=args.progress)

@@ -15,16 +15,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outputs", type=int, default=4, help="output units to show (columns)")
     p.add_argument("--xlim", type=float, nargs=2, default=(-4.0, 4.0), metavar=("LO", "HI"))
     p.add_argument("--out", default=None, help="PNG path (default RETROFIT_DIR/functions-layerL.png)")
+    p.add_argument("--allow-other-base", action="store_true",
+                   help="load the retrofit onto a base model whose weights differ from the one it was trained on")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from kallm.io import check_output_dir
     from kallm.report.kan_functions import find_kan_layer, plot_kan_functions
     from kallm.retrofitting import load_retrofit
 
-    model, _ = load_retrofit(args.retrofit_dir)
-    kan = find_kan_layer(model, args.layer, args.sublayer)
     out = Path(args.out) if args.out else Path(args.retrofit_dir) / f"functions-layer{args.layer}.png"
+    check_output_dir(out.parent, "folder for --out")
+    model, _ = load_retrofit(args.retrofit_dir, allow_other_base=args.allow_other_base)
+    kan = find_kan_layer(model, args.layer, args.sublayer)
     plot_kan_functions(kan, out, n_inputs=args.inputs, n_outputs=args.outputs, x_range=tuple(args.xlim),
                        title=f"layer {args.layer}: learned univariate functions")
     print(out)

@@ -2,6 +2,7 @@
 
 A config file holds the same names as the flags (model, layers, variant, freeze, data, out, resume)
 plus a `train:` mapping of TrainConfig fields; flags given on the command line win over the file.
+Relative paths in the file (model, data, out) are relative to the file, as in experiment configs.
 """
 
 from __future__ import annotations
@@ -45,6 +46,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _relative_to_file(key: str, value: Any, lines) -> Any:
+    """Paths in the file are relative to the file (like an experiment config's); flags stay relative to the
+    working directory."""
+    import os
+    from pathlib import Path
+
+    from kallm.data.loading import source_in
+    from kallm.models import model_in
+
+    folder = Path(lines[key].file).resolve().parent
+    if key == "model" and isinstance(value, str):
+        return model_in(value, folder)
+    if key == "data" and isinstance(value, str | list):
+        return [source_in(v, folder) if isinstance(v, str) else v for v in ([value] if isinstance(value, str) else value)]
+    if key == "out" and isinstance(value, str):
+        return os.path.normpath(folder / value)
+    return value
+
+
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig]:
     """Merge defaults < config file < flags into (run settings, TrainConfig)."""
     from kallm.config.yamlsrc import load_yaml_mapping, located
@@ -62,7 +82,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig]:
                     raise ConfigError(located("expected a mapping of training settings", "train", lines))
                 train_data.update(value)
             elif key in _RUN_KEYS:
-                run_settings[key] = value
+                run_settings[key] = _relative_to_file(key, value, lines)
             else:
                 raise ConfigError(located(unknown_name_message("key", key, [*_RUN_KEYS, "train"]), key, lines))
     for key in _RUN_KEYS:

@@ -158,6 +158,10 @@ def load_yaml_mapping(path: str | Path, _stack: tuple[Path, ...] = ()) -> tuple[
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {file}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not a YAML text file ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
     data, lines = parse_yaml(text, file)
     if data is None:
         raise ConfigError(f"{file}: the config is empty; expected a mapping of keys such as 'name', 'model'")

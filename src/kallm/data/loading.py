@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,20 +81,39 @@ def check_row(row: Any) -> tuple[list[Message] | None, str]:
     return out, ""
 
 
+def _unreadable(path: Path, exc: Exception) -> KallmError:
+    if isinstance(exc, UnicodeDecodeError):
+        return KallmError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); is it a binary "
+                          "file with a data file's name?")
+    return KallmError(f"cannot read data file {path}: {getattr(exc, 'strerror', None) or exc}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise _unreadable(path, exc) from None
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any, str]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line), ""
-            except json.JSONDecodeError as exc:
-                yield f"{path}:{lineno}", None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+    try:
+        with open(path, encoding="utf-8") as fh:  # streamed: a local copy of a hub dataset can be large
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"{path}:{lineno}", None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+                    continue
+                yield f"{path}:{lineno}", row, ""
+    except (UnicodeDecodeError, OSError) as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Any, str]]:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         # A .json file that is really JSON lines is common enough to accept.
         if exc.msg == "Extra data":
@@ -145,8 +166,32 @@ def data_files(path: Path) -> list[Path]:
     return files
 
 
-def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.endswith(_SUFFIXES) or source.count("/") != 1
+_HUB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+
+
+def looks_local(source: str) -> bool:
+    """A source that is not an existing path is still meant as one unless it reads as a hub id 'org/name'."""
+    return source.endswith(_SUFFIXES) or not _HUB_ID.fullmatch(source)
+
+
+def source_in(text: str, folder: Path) -> str | Path:
+    """A data source written in a file in `folder`: a local path (made absolute against `folder`), or a hub
+    dataset id as written."""
+    local = Path(os.path.normpath(folder / Path(text).expanduser()))
+    return local if local.exists() or looks_local(text) else text
+
+
+def source_files(source: str | Path) -> list[Path] | None:
+    """The data files of a local source (a file or a folder), None for a hub dataset id.
+
+    A missing local path is a KallmError: it must not silently become a hub lookup.
+    """
+    path = Path(str(source)).expanduser()
+    if path.exists():
+        return data_files(path)
+    if isinstance(source, Path) or looks_local(str(source)):
+        raise KallmError(f"data path {str(source)!r} does not exist")
+    return None
 
 
 def load_conversations(
@@ -170,13 +215,11 @@ def load_conversations(
         raise KallmError("no data source given")
     iterators: list[Iterator[tuple[str, Any, str]]] = []
     for src in sources:
-        path = Path(str(src)).expanduser()
-        if path.exists():
-            iterators.extend(_READERS[f.suffix](f) for f in data_files(path))
-        elif isinstance(src, Path) or _looks_local(str(src)):
-            raise KallmError(f"data path {str(src)!r} does not exist")
-        else:
+        files = source_files(src)
+        if files is None:
             iterators.append(_iter_hub(str(src), split))
+        else:
+            iterators.extend(_READERS[f.suffix](f) for f in files)
 
     out = ConversationSet([], [], [], ", ".join(str(s) for s in sources))
     for it in iterators:

@@ -5,7 +5,9 @@
 | `schema` | the experiment config (`ExperimentConfig`, `VariantConfig`, its train/eval sections) |
 | `plan` | the planned runs, shards, `same-as` sizing, dry-run counts |
 | `results` | the folder's books: bound config, results.jsonl under a lock |
-| `runner` | `GridRunner`: one run = load, (distil), retrofit, train, save, evaluate, record |
+| `validate` | the rules a config must meet, one function each (names at load time, the rest before the runs) |
+| `preflight` | every rule applied before the first run (and by --dry-run) |
+| `runner` | `GridRunner`: one run = load, (distil), retrofit, train, save, evaluate, record; one lock per run |
 | `eval_cache` | the frozen-prefix cache shared by every variant's likelihood evaluation |
 """
 
@@ -16,13 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kallm.experiment.plan import dry_run_rows, parse_shard, plan_runs, same_as_counts, shard_runs
+from kallm.experiment.plan import parse_shard, plan_runs, shard_runs
+from kallm.experiment.preflight import preflight
 from kallm.experiment.results import RESULTS, finished_runs, prepare_output
 from kallm.experiment.schema import ExperimentConfig, load_experiment_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExperimentConfig", "load_config", "run_experiment"]
+__all__ = ["ExperimentConfig", "load_config", "parse_shard", "plan_runs", "run_experiment", "shard_runs"]
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -33,20 +36,28 @@ def run_experiment(
     config_path: str | Path, shard: str | None = None, dry_run: bool = False, force: bool = False,
     progress: bool | None = None,
 ) -> Path | list[dict[str, Any]]:
-    """Run (or resume) the grid of `config_path`. Returns the output folder (the plan for dry runs)."""
+    """Run (or resume) the grid of `config_path`. Returns the output folder (the plan for dry runs).
+
+    Every name and path of the config is checked before any run starts (`preflight`), and so is a dry run.
+    Processes may share the output folder (shards, or the same grid started twice): each run is locked
+    while one of them works on it, so no run is ever done twice.
+    """
     from kallm.experiment.runner import GridRunner
 
     config = load_config(config_path)
-    runs = shard_runs(plan_runs(config, same_as_counts(config)), parse_shard(shard))
+    runs, rows = preflight(config, parse_shard(shard))
     if dry_run:
-        return dry_run_rows(config, runs)
+        return rows
     out = config.output_path()
-    prepare_output(config, out, force=force)
     done = finished_runs(out)
     todo = [r for r in runs if r.run_id not in done]
+    runner = GridRunner(config, out, progress=progress)
+    if any(r.variant.trained for r in todo):
+        runner.conversations()  # a data file that does not read fails here, before anything is written
+    prepare_output(config, out, force=force)
     log.info("%s: %d runs planned%s, %d already finished, %d to do", config.name, len(runs),
              f" (shard {shard})" if shard else "", len(runs) - len(todo), len(todo))
     start = time.perf_counter()
-    GridRunner(config, out, progress=progress).run(todo)
+    runner.run(todo)
     log.info("%s: done in %.1f s; results in %s", config.name, time.perf_counter() - start, out / RESULTS)
     return out

@@ -29,7 +29,7 @@ HELDOUT_SEED = 0  # fixed for the grid: every run and every seed sees the same h
 SCORES_FILE = "heldout.json"
 
 
-def set_name(path: str) -> str:
+def set_name(path: str | Path) -> str:
     """A user file's set name in records and tables: its file name without the extension."""
     return Path(path).stem
 
@@ -49,7 +49,7 @@ class GridHeldout:
         max_length = self.config.train.max_length
         held, rest = carve_heldout(data, self.config.eval.heldout_size, tokenizer, max_length, HELDOUT_SEED)
         self._examples = {DEFAULT_SET: held} if held else {}
-        for path in self.config.eval.heldout:
+        for path in self.config.heldout_paths():
             extra = load_conversations(path, on_bad_row=self.config.train.on_bad_row)
             self._examples[set_name(path)] = tokenize_conversations(tokenizer, extra.conversations, max_length,
                                                                     progress=False).examples

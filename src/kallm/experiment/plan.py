@@ -59,7 +59,7 @@ def same_as_counts(config: ExperimentConfig) -> dict[str, int]:
     targets = sorted({v.same_as for v in config.variants if v.same_as is not None})
     counts = {}
     for name in targets:
-        report = retrofit(load_model_skeleton(config.model), layers=config.layers, variant=config.variant(name).spec,
+        report = retrofit(load_model_skeleton(config.model_path()), layers=config.layers, variant=config.variant(name).spec,
                           freeze=config.freeze)
         counts[name] = report.new_params_per_layer
     return counts
@@ -93,7 +93,7 @@ def dry_run_rows(config: ExperimentConfig, runs: list[PlannedRun]) -> list[dict[
     rows, seen = [], {}
     for run in runs:
         if run.variant.name not in seen:
-            seen[run.variant.name] = retrofit(load_model_skeleton(config.model), layers=config.layers,
+            seen[run.variant.name] = retrofit(load_model_skeleton(config.model_path()), layers=config.layers,
                                               variant=run.spec, freeze=config.freeze)
         report = seen[run.variant.name]
         rows.append({"run_id": run.run_id, "variant": run.variant.name, "spec": str(run.spec),

@@ -1,8 +1,9 @@
 """An experiment folder's books: its bound config, `results.jsonl` (one record per finished run), locks.
 
     out/
-      config.json             resolved config, its hash, provenance (written once; a different config is refused)
-      results.jsonl           one record per finished run, appended atomically under a file lock
+      config.json             resolved config, its hash, provenance (once a result exists, another config is refused)
+      results.jsonl           one record per finished run, appended atomically under a file lock (results.lock)
+      runs/<run_id>/.lock     held by the process working on that run (shards and repeated starts share a folder)
       cache/                  frozen-prefix states and distillation activations, shared by all runs
       runs/<run_id>/train/    metrics.jsonl, checkpoints (resumable), result.json
       runs/<run_id>/eval/     predictions.jsonl, scores.json
@@ -12,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +20,15 @@ from typing import Any
 
 from kallm.errors import KallmError
 from kallm.experiment.schema import ExperimentConfig
-from kallm.io import append_jsonl_atomic, read_json, read_jsonl, write_json_atomic, write_text_atomic
+from kallm.io import (
+    append_jsonl_atomic,
+    read_json,
+    read_jsonl,
+    remove_stale_temps,
+    write_json_atomic,
+    write_text_atomic,
+)
+from kallm.locks import held
 from kallm.runinfo import run_info
 
 log = logging.getLogger(__name__)
@@ -32,17 +40,17 @@ CONFIG = "config.json"
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock for read-modify-write of `path` (shards may share one folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with held(path.with_suffix(".lock")):
+        yield
+
+
+def read_results(out: Path) -> list[dict[str, Any]]:
+    """The records of `out/results.jsonl`; a line cut off by an interrupted write is skipped with a warning."""
+    return read_jsonl(out / RESULTS, skip_bad_lines=True)
 
 
 def finished_runs(out: Path) -> set[str]:
-    return {r["run_id"] for r in read_jsonl(out / RESULTS) if "run_id" in r}
+    return {r["run_id"] for r in read_results(out) if "run_id" in r}
 
 
 def record_result(out: Path, record: dict[str, Any]) -> None:
@@ -56,18 +64,23 @@ def record_result(out: Path, record: dict[str, Any]) -> None:
 
 
 def prepare_output(config: ExperimentConfig, out: Path, force: bool = False) -> None:
-    """Write config.json once; refuse to mix results of a different config into the same folder."""
+    """Bind the folder to `config` (config.json). Once it holds a result, another config is refused (unless
+    `force`); until then it is rebound, so a config fixed after a failed start is welcome."""
     path = out / CONFIG
-    if path.is_file():
-        saved = read_json(path, "experiment config")
-        if saved.get("config_hash") != config.config_hash and not force:
-            raise KallmError(
-                f"{out} holds results of another config (hash {saved.get('config_hash')}, now "
-                f"{config.config_hash}); use another output_dir, or --force to add runs of the new config"
-            )
-        if saved.get("config_hash") == config.config_hash:
-            return
-    write_json_atomic(path, {"config": config.to_dict(), "config_hash": config.config_hash,
-                             "source": str(config.source), "notes": config.notes, **run_info()})
-    if config.notes:
-        write_text_atomic(out / "notes.md", config.notes.strip() + "\n")
+    with locked(out / RESULTS):
+        remove_stale_temps(out)  # under the books' lock: no other process is writing them now
+        if path.is_file():
+            saved = read_json(path, "experiment config")
+            saved_hash = saved.get("config_hash") if isinstance(saved, dict) else None
+            if saved_hash == config.config_hash:
+                return
+            if finished_runs(out) and not force:
+                raise KallmError(
+                    f"{out} holds results of another config (hash {saved_hash}, now {config.config_hash}); "
+                    "use another output_dir, or --force to add runs of the new config"
+                )
+            log.info("%s is bound to config %s now (was %s)", out, config.config_hash, saved_hash)
+        write_json_atomic(path, {"config": config.to_dict(), "config_hash": config.config_hash,
+                                 "source": str(config.source), "notes": config.notes, **run_info()})
+        if config.notes:
+            write_text_atomic(out / "notes.md", config.notes.strip() + "\n")

@@ -5,7 +5,12 @@ load -> (collect activations) -> retrofit -> (distill) -> train -> save -> evalu
 
 Every variant keeps decoder layers below the first replaced one untouched, so their hidden states
 are computed once for the training data (train.prefix_cache) and for the evaluation batches
-(eval.prefix_cache, likelihood mode) and reused by every variant and seed.
+(eval.prefix_cache, likelihood mode) and reused by every variant and seed. A cache file that does not
+read is rebuilt, with a warning.
+
+Several processes may run one grid into one folder (shards, or the same command started twice). Each
+run is done under its lock (`runs/<run_id>/.lock`): a process skips the runs another one holds, does
+the rest, then waits for the skipped ones, each of which it does itself only if nobody recorded it.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from kallm.errors import KallmError
 from kallm.experiment.eval_cache import CachedPrefixForward
 from kallm.experiment.heldout import GridHeldout, heldout_record, write_scores
 from kallm.experiment.plan import PlannedRun
-from kallm.experiment.results import record_result
+from kallm.experiment.results import finished_runs, locked, record_result
 from kallm.experiment.schema import EvalConfig, ExperimentConfig
 from kallm.heldout import HeldoutScore
-from kallm.io import read_json, write_json_atomic
+from kallm.io import read_json, remove_stale_temps, write_json_atomic
+from kallm.locks import Busy, held
 from kallm.models import load_model, model_source, resolve_device
 from kallm.progress import progress_bar
 from kallm.retrofitting import RetrofitReport, retrofit, save_retrofit
@@ -71,23 +77,27 @@ class GridRunner:
     # ------------------------------------------------------------ shared inputs
 
     def load_base(self):
-        return load_model(self.config.model, dtype=self.config.dtype, device=self.device)
+        return load_model(self.config.model_path(), dtype=self.config.dtype, device=self.device)
 
     def conversations(self, tokenizer) -> ConversationSet:
         """The training data, without the held-out conversations every run is scored on."""
         if self._conversations is None:
             train = self.config.train
-            data = load_conversations(train.data, on_bad_row=train.on_bad_row,
+            data = load_conversations(self.config.data_sources(), on_bad_row=train.on_bad_row,
                                       max_conversations=train.max_conversations)
             self._conversations = self.heldout.split_training_data(data, tokenizer)
         return self._conversations
+
+    def cache_lock(self):
+        """Held while a cache file is written (or stale temporary ones removed): processes share cache/."""
+        return locked(self.cache_dir / "cache")
 
     def train_prefix_cache(self, model: nn.Module, layer_index: int) -> PrefixCache:
         """One cache of training-data prefix states for the whole grid, kept on disk between runs."""
         if self._train_cache is None or self._train_cache.layer_index != layer_index:
             path = self.cache_dir / f"prefix-train-layer{layer_index}.safetensors"
             fingerprint = prefix_fingerprint(model, layer_index)
-            cache = PrefixCache.load(path) if path.is_file() else None
+            cache = PrefixCache.load_or_none(path)
             if cache is None or cache.fingerprint != fingerprint:
                 cache = PrefixCache(layer_index, fingerprint)
             self._train_cache = cache
@@ -95,7 +105,9 @@ class GridRunner:
 
     def save_train_cache(self) -> None:
         if self._train_cache is not None and len(self._train_cache):
-            self._train_cache.save(self.cache_dir / f"prefix-train-layer{self._train_cache.layer_index}.safetensors")
+            with self.cache_lock():
+                self._train_cache.save(self.cache_dir / f"prefix-train-layer{self._train_cache.layer_index}"
+                                                        ".safetensors")
 
     def distill_io(self, model: nn.Module, tokenizer) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """(input, output) pairs of the original FFNs, collected once per grid and kept on disk."""
@@ -104,14 +116,18 @@ class GridRunner:
         indices = parse_layer_spec(self.config.layers, len(layers))
         path = self.cache_dir / f"distill-io-{cfg.tokens}-{'_'.join(map(str, indices))}.safetensors"
         if self._distill_io is None and path.is_file():
-            self._distill_io = load_ffn_io(path)
+            try:
+                self._distill_io = load_ffn_io(path)
+            except KallmError as exc:
+                log.warning("%s; collecting the activations again", exc)
         if self._distill_io is None:
             train_cfg = self.config.train.train_config(self.config.seeds[0])
             examples, _ = prepare_data(tokenizer, self.conversations(tokenizer), train_cfg, progress=False)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             batches = (collate(examples[i: i + 8], pad) for i in range(0, len(examples), 8))
             self._distill_io = collect_ffn_io(model, batches, indices, cfg.tokens, progress=self.progress)
-            save_ffn_io(self._distill_io, path)
+            with self.cache_lock():
+                save_ffn_io(self._distill_io, path)
         return self._distill_io
 
     def eval_forward(self, model: nn.Module, report: RetrofitReport) -> CachedPrefixForward | None:
@@ -133,14 +149,47 @@ class GridRunner:
         """Each evaluated task's chance accuracy (read once per grid from the tasks' answer sets)."""
         if self._chance is None:
             ecfg = self.config.eval
-            self._chance = chance_levels(load_tasks(ecfg.tasks, ecfg.data_dir, ecfg.limit))
+            self._chance = chance_levels(load_tasks(ecfg.tasks, self.config.bbh_data_dir(), ecfg.limit))
         return self._chance
 
     # ------------------------------------------------------------ one run
 
     def run(self, runs: list[PlannedRun]) -> None:
-        for run in progress_bar(runs, desc="experiment", unit="run", progress=self.progress):
-            self.run_one(run)
+        """Every run of `runs` not recorded yet: those no other process holds first, then the held ones."""
+        with self.cache_lock():
+            remove_stale_temps(self.cache_dir)
+        bar = progress_bar(total=len(runs), desc="experiment", unit="run", progress=self.progress)
+        held_elsewhere = []
+        for run in runs:
+            try:
+                self.run_locked(run, wait=False)
+            except Busy as busy:
+                if busy.path != self.run_lock(run):
+                    raise
+                log.info("run %s is being worked on by another process (pid %s); moving on to the next run",
+                         run.run_id, busy.holder)
+                held_elsewhere.append(run)
+                continue
+            bar.update(1)
+        for run in held_elsewhere:
+            log.info("waiting for run %s, which another process is working on", run.run_id)
+            self.run_locked(run, wait=True)
+            bar.update(1)
+        bar.close()
+
+    def run_lock(self, run: PlannedRun) -> Path:
+        return self.out / "runs" / run.run_id / ".lock"
+
+    def run_locked(self, run: PlannedRun, wait: bool) -> dict[str, Any] | None:
+        """`run_one` under the run's lock, unless another process recorded the run meanwhile (then None)."""
+        run_dir = self.out / "runs" / run.run_id
+        with held(self.run_lock(run), wait=wait):
+            if run.run_id in finished_runs(self.out):
+                log.info("run %s was finished by another process", run.run_id)
+                return None
+            for folder in (run_dir, run_dir / "train", run_dir / "retrofit", run_dir / "eval"):
+                remove_stale_temps(folder)  # ours now: whatever a killed process left half-written goes
+            return self.run_one(run)
 
     def run_one(self, run: PlannedRun) -> dict[str, Any]:
         start = time.perf_counter()
@@ -156,7 +205,8 @@ class GridRunner:
             report = retrofit(model, layers=self.config.layers, variant=run.spec, freeze=self.config.freeze)
         else:
             report, record["distill"], record["train"] = self._train(run, model, tokenizer, run_dir, scores)
-            save_retrofit(model, run_dir / "retrofit", base_model=model_source(self.config.model), overwrite=True)
+            save_retrofit(model, run_dir / "retrofit", base_model=model_source(self.config.model_path()),
+                          overwrite=True)
         scores["final"] = self.score_heldout(model, tokenizer, report)
         write_scores(run_dir, scores)
         record["heldout"] = heldout_record(scores["final"])
@@ -231,7 +281,7 @@ class GridRunner:
         t0 = time.perf_counter()
         with torch.inference_mode():
             scores = evaluate_bbh(model, tokenizer, tasks=ecfg.tasks, mode=ecfg.mode, limit=ecfg.limit,
-                                  data_dir=ecfg.data_dir, batch_size=ecfg.batch_size,
+                                  data_dir=self.config.bbh_data_dir(), batch_size=ecfg.batch_size,
                                   chat_template=ecfg.chat_template, max_gen_toks=ecfg.max_gen_toks,
                                   progress=self.progress, out_dir=eval_dir, forward_fn=forward)
         wall = time.perf_counter() - t0

@@ -4,24 +4,31 @@ Loaded from YAML by `load_experiment_config`; every error names the file, line a
 are text in the file but typed in kallm (a variant spec, a curriculum) are parsed and checked here,
 once, when the config is loaded: a config that loads is one whose variants can be built.
 
-`output_dir` is kept as written; a relative path is resolved against the current working
-directory when the experiment runs (see `ExperimentConfig.output_path`), not against the file.
+Paths are kept as written (so the config hash is the same wherever the repository is checked out) and
+resolved when used: a relative path (`model`, `train.data`, `eval.data_dir`, `output_dir`) is relative
+to the folder of the file that sets it, as `include:` is; the default `output_dir` (runs/NAME) to the
+config file's folder. Nothing depends on the working directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from kallm.bbh.evaluate import EvalSettings
+from kallm.bbh.tasks import DEFAULT_HUB_ID, HUB_PREFIX
 from kallm.config.mapping import INTERNAL, FieldError, from_mapping
-from kallm.config.yamlsrc import load_yaml_mapping
+from kallm.config.yamlsrc import Lines, load_yaml_mapping, locate
 from kallm.data import DEFAULT_DATASET
+from kallm.data.loading import source_in
 from kallm.errors import KallmError
+from kallm.experiment.validate import check_curriculum_steps, check_metric, check_tasks
+from kallm.models import check_device_name, model_in
 from kallm.registry import Registry, unknown_name_message
 from kallm.retrofitting.curriculum import DegreeSchedule, check_schedule_for, start_variant, validate_schedule
 from kallm.retrofitting.distill import DistillConfig
@@ -34,7 +41,6 @@ Freeze = Literal["ffn", "blocks", "blocks+embeddings", "none"]
 Init = Literal["random", "distill"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 SAME_AS = "same-as"
 
 
@@ -78,6 +84,12 @@ class EvalConfig(EvalSettings):
             if name in names[:i] or name == "heldout":
                 raise FieldError(f"heldout[{i}]", f"held-out sets are named by file name: {name!r} is taken "
                                                   f"({'the default set' if name == 'heldout' else 'by another file'})")
+        for key, check in (("tasks", lambda: check_tasks(self.tasks)),
+                           ("metric", lambda: check_metric(self.mode, self.metric))):
+            try:
+                check()
+            except KallmError as exc:
+                raise FieldError(key, str(exc)) from None
 
 
 @dataclass
@@ -166,6 +178,7 @@ class ExperimentConfig:
     distill: DistillConfig | None = None
     notes: str | None = None  # free text for the report: what the run was sized to, and why
     source: Path | None = field(default=None, metadata=INTERNAL, compare=False)
+    lines: Lines | None = field(default=None, metadata=INTERNAL, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -176,8 +189,10 @@ class ExperimentConfig:
             raise FieldError("output_dir", "must not be empty (leave it out for runs/<name>)")
         if not self.model.strip():
             raise FieldError("model", "must not be empty: a hub id, a local folder or 'smollm2-135m-instruct'")
-        if not _DEVICE_RE.match(self.device):
-            raise FieldError("device", f"expected auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        try:
+            check_device_name(self.device)
+        except KallmError as exc:
+            raise FieldError("device", str(exc)) from None
         if not self.layers.strip():
             raise FieldError("layers", "must not be empty, e.g. 'last:5' or '20-24'")
         if not self.seeds:
@@ -194,6 +209,11 @@ class ExperimentConfig:
         for i, v in enumerate(self.variants):
             if v.name in names[:i]:
                 raise FieldError(f"variants[{i}].name", f"variant name {v.name!r} is used twice")
+            if v.curriculum is not None:
+                try:
+                    check_curriculum_steps(v.curriculum, self.train.steps)
+                except KallmError as exc:
+                    raise FieldError(f"variants[{i}].curriculum", str(exc)) from None
             if v.same_as is None:
                 continue
             if v.same_as not in names:
@@ -203,10 +223,41 @@ class ExperimentConfig:
                 raise FieldError(f"variants[{i}].budget", f"{SAME_AS} needs another trained variant with a size "
                                                           f"of its own; {v.same_as!r} is not one")
 
-    def output_path(self, cwd: str | Path | None = None) -> Path:
-        """`output_dir` as a path; relative ones are relative to `cwd` (default: the working directory)."""
-        out = Path(self.output_dir)  # type: ignore[arg-type]
-        return out if out.is_absolute() else Path(cwd or Path.cwd()) / out
+    def base_dir(self, key: str) -> Path:
+        """The folder a relative path at `key` is relative to: that of the file setting it (else the config's)."""
+        where = locate(self.lines, key)
+        if where is not None:
+            return Path(where.file).resolve().parent
+        return self.source.resolve().parent if self.source is not None else Path.cwd()
+
+    def _path(self, key: str, text: str) -> Path:
+        path = Path(text).expanduser()
+        return Path(os.path.normpath(path if path.is_absolute() else self.base_dir(key) / path))
+
+    def output_path(self) -> Path:
+        """`output_dir` as an absolute path."""
+        return self._path("output_dir", self.output_dir)  # type: ignore[arg-type]
+
+    def model_path(self) -> str:
+        """`model` to load: the embedded alias or a hub id as written, a local folder as an absolute path."""
+        return model_in(self.model, self.base_dir("model"))
+
+    def data_sources(self) -> list[str | Path]:
+        """`train.data` as sources: local files or folders as absolute paths, hub dataset ids as written."""
+        if isinstance(self.train.data, str):
+            return [source_in(self.train.data, self.base_dir("train.data"))]
+        return [source_in(text, self.base_dir(f"train.data[{i}]")) for i, text in enumerate(self.train.data)]
+
+    def heldout_paths(self) -> list[Path]:
+        """`eval.heldout` files as absolute paths."""
+        return [self._path(f"eval.heldout[{i}]", text) for i, text in enumerate(self.eval.heldout)]
+
+    def bbh_data_dir(self) -> str | Path | None:
+        """`eval.data_dir`: a local folder as an absolute path; a hub id (and None, the default) as is."""
+        text = self.eval.data_dir
+        if text is None or text.startswith(HUB_PREFIX) or text == DEFAULT_HUB_ID:
+            return text
+        return self._path("eval.data_dir", text)
 
     def variant(self, name: str) -> VariantConfig:
         """The variant called `name` (an unknown name gets a did-you-mean error)."""
@@ -251,4 +302,5 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         data.pop("distill", None)
     config = experiment_from_mapping(data, lines)
     config.source = Path(path)
+    config.lines = lines
     return config

@@ -41,11 +41,21 @@ def register_basis(name: str):
     return decorator
 
 
+# A KAN layer's size grows with the number of basis functions: past these, a typo (chebyshev2:100000)
+# would silently build a layer of hundreds of millions of parameters, and high polynomial degrees are
+# numerically meaningless in float32 anyway.
+MAX_DEGREE = 32
+MAX_GRID_SIZE = 64
+
+
 def check_degree(degree: Any, where: str = "degree") -> int:
     if isinstance(degree, bool) or not isinstance(degree, int | float) or int(degree) != degree:
         raise KallmError(f"{where} must be a non-negative integer, got {degree!r}")
     if degree < 0:
         raise KallmError(f"{where} must be a non-negative integer, got {degree!r}")
+    if degree > MAX_DEGREE:
+        raise KallmError(f"{where} {int(degree)} is above kallm's limit of {MAX_DEGREE} (each degree adds a "
+                         "full weight matrix to the layer)")
     return int(degree)
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from kallm.errors import KallmError
-from kallm.kan.bases import Basis, check_number, register_basis
+from kallm.kan.bases import MAX_GRID_SIZE, Basis, check_number, register_basis
 
 _GRID_DOC = {
     "grid_size": "number of grid intervals, a positive integer (default 5)",
@@ -30,8 +30,9 @@ class GridBasis(Basis):
 
     def __init__(self, degree: int, grid_size: int = 5, grid_min: float = -1.0, grid_max: float = 1.0) -> None:
         super().__init__(degree)
-        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
-            raise KallmError(f"basis {self.name!r}: 'grid_size' must be a positive integer, got {grid_size!r}")
+        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or not 1 <= grid_size <= MAX_GRID_SIZE:
+            raise KallmError(f"basis {self.name!r}: 'grid_size' must be a positive integer up to {MAX_GRID_SIZE} "
+                             f"(kallm's limit), got {grid_size!r}")
         self.grid_size = grid_size
         self.grid_min = check_number(grid_min, "grid_min", self.name)
         self.grid_max = check_number(grid_max, "grid_max", self.name)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kallm.errors import KallmError
-from kallm.io import read_json, write_text_atomic
+from kallm.io import check_output_dir, read_json, write_text_atomic
 from kallm.report import heldout, plots, tables, verdict
 from kallm.report.heldout import HeldoutComparison
 from kallm.report.records import (
@@ -178,6 +178,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     records = load_results(run_dir)
     out = Path(out) if out is not None else run_dir / REPORT_FILE
+    check_output_dir(out.parent, "report folder")
     a = _analyse(run_dir, records)
     saved = _save_plots(run_dir, out.parent / PLOTS_DIR, a)
 

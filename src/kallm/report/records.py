@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kallm.errors import KallmError
+from kallm.io import read_jsonl
 from kallm.report.stats import PairKey, mean_std
 from kallm.retrofitting.variant import VariantSpec, parse_variant
 
@@ -38,18 +39,9 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         raise KallmError(f"no {RESULTS_FILE} in {run_dir}: run the experiment first (kallm run CONFIG)")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise KallmError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    rows = read_jsonl(path, skip_bad_lines=True)  # a line cut off by an interrupted write is skipped, and said
     by_id: dict[str, dict[str, Any]] = {}
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise KallmError(f"{path}: record {i + 1} is not a JSON object")
         if not row.get("variant"):
             logger.warning("%s: record %d has no 'variant'; skipped", path, i + 1)
             continue

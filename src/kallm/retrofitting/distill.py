@@ -131,11 +131,16 @@ def save_ffn_io(io: dict[int, tuple[Tensor, Tensor]], path: str | Path) -> None:
 
 
 def load_ffn_io(path: str | Path) -> dict[int, tuple[Tensor, Tensor]]:
+    """What `save_ffn_io` wrote; a damaged or foreign file is a KallmError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
-    layers = sorted({int(k.split(".")[1]) for k in tensors})
-    return {i: (tensors[f"x.{i}"], tensors[f"y.{i}"]) for i in layers}
+    try:
+        tensors = load_file(str(path))
+        layers = sorted({int(k.split(".")[1]) for k in tensors})
+        return {i: (tensors[f"x.{i}"], tensors[f"y.{i}"]) for i in layers}
+    except (SafetensorError, OSError, ValueError, IndexError, KeyError) as exc:
+        raise KallmError(f"activation cache {path} is damaged or not kallm's ({type(exc).__name__}: {exc})") from None
 
 
 def fvu(pred: Tensor, target: Tensor) -> float:

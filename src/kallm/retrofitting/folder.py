@@ -1,9 +1,11 @@
 """Save only what a retrofit changed or trains (safetensors + JSON manifest); rebuild it on the base model.
 
 A retrofit folder holds:
-    manifest.json          base model, layers, variant, freeze policy, seed, kallm version, tensor list
+    manifest.json          base model (absolute folder, or hub id + revision) and its fingerprint, layers,
+                           variant, freeze policy, seed, kallm version, tensor list
     retrofit.safetensors   new FFN parameters and every trainable parameter (no frozen backbone weights)
-No pickle anywhere.
+No pickle anywhere. Loading checks the base model's fingerprint (`kallm.retrofitting.identity`): a retrofit
+is refused on a model with other weights unless `allow_other_base=True`.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from kallm import __version__
 from kallm.errors import KallmError
-from kallm.io import read_json, write_json_atomic, write_with_atomic
-from kallm.models import load_model, loaded_from, record_source
+from kallm.io import read_json, read_tensors, remove_stale_temps, write_json_atomic, write_with_atomic
+from kallm.models import load_model, loaded_from, model_source, record_source, resolve_device, resolve_dtype
+from kallm.retrofitting.identity import base_fingerprint, check_base
 from kallm.retrofitting.report import retrofit_report
 from kallm.retrofitting.surgery import is_new_param, retrofit
 from kallm.retrofitting.variant import parse_variant
@@ -51,16 +53,17 @@ def save_retrofit(
 ) -> Path:
     """Write the retrofit of `model` (made by `kallm.retrofit`) to `out_dir`.
 
-    `base_model` defaults to where the model was loaded from. An existing retrofit in `out_dir` is only
-    replaced with `overwrite=True`.
+    `base_model` defaults to where the model was loaded from (a local folder is recorded as an absolute path).
+    An existing retrofit in `out_dir` is only replaced with `overwrite=True`.
     """
     report = retrofit_report(model)
     out = Path(out_dir)
     if (out / MANIFEST).exists() and not overwrite:
-        raise KallmError(f"{out} already holds a retrofit; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise KallmError(f"{out} already holds a retrofit; pass overwrite=True to replace it")
     base = base_model or loaded_from(model) or getattr(model.config, "_name_or_path", None)
     if not base:
         raise KallmError("cannot tell which base model this retrofit belongs to; pass base_model=")
+    base = model_source(base)
     state = {k: v.contiguous().cpu() for k, v in retrofit_state_dict(model).items()}
     manifest = {
         "format": FORMAT,
@@ -68,6 +71,7 @@ def save_retrofit(
         "kallm_version": __version__,
         "base_model": base,
         "base_revision": getattr(model.config, "_commit_hash", None),
+        "base_fingerprint": base_fingerprint(model),
         "model_class": type(model).__name__,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "layers": report.layer_spec,
@@ -80,6 +84,7 @@ def save_retrofit(
         **(extra or {}),
     }
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # the writer owns the folder: a killed save's temporary files go
     # weights first, manifest last: a folder with a manifest always has matching weights
     write_with_atomic(out / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
     write_json_atomic(out / MANIFEST, manifest)
@@ -87,7 +92,22 @@ def save_retrofit(
     return out
 
 
+# key -> (accepted types, what to tell the user); None in the types: the key may be null or absent
+_MANIFEST_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "base_model": ((str,), "a model folder or hub id"),
+    "layers": ((str,), "a layer selection such as 'last:5'"),
+    "variant": ((str,), "a variant such as 'kan:chebyshev2:2'"),
+    "freeze": ((str,), "a freeze policy such as 'ffn'"),
+    "seed": ((int, type(None)), "an integer or null"),
+    "dtype": ((str, type(None)), "a dtype name such as 'float32'"),
+    "base_revision": ((str, type(None)), "a revision or null"),
+    "base_fingerprint": ((dict, type(None)), "a mapping"),
+}
+_REQUIRED = ("base_model", "layers", "variant", "freeze", "seed")
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
+    """A retrofit folder's manifest, its format and the types of its keys checked (errors name the file)."""
     folder = Path(path)
     manifest_path = folder / MANIFEST
     if not folder.is_dir():
@@ -101,9 +121,18 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise KallmError(f"{manifest_path} has format version {version!r}; this kallm ({__version__}) reads "
                          f"version {FORMAT_VERSION}")
-    missing = [k for k in ("base_model", "layers", "variant", "freeze", "seed") if k not in manifest]
+    missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise KallmError(f"{manifest_path} lacks {', '.join(missing)}")
+    for key, (types, what) in _MANIFEST_TYPES.items():
+        value = manifest.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise KallmError(f"{manifest_path}: {key} must be {what}, got {value!r}")
+    if manifest.get("dtype") is not None:
+        try:
+            resolve_dtype(manifest["dtype"])
+        except KallmError as exc:
+            raise KallmError(f"{manifest_path}: {exc}") from None
     return manifest
 
 
@@ -111,25 +140,16 @@ def is_retrofit_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def load_retrofit(path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None,
-                  base_model: str | None = None):
-    """Rebuild a saved retrofit on its base model: `(model, tokenizer)`.
-
-    `base_model` overrides the manifest's base (e.g. a local copy of a hub model).
-    """
-    folder = Path(path)
-    manifest = read_manifest(folder)
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise KallmError(f"{folder} is missing {WEIGHTS}")
+def _rebuild(model: nn.Module, manifest: dict[str, Any], where: Path) -> None:
+    """The manifest's retrofit on the freshly loaded base; a value it cannot build from names the manifest."""
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise KallmError(f"{weights} is corrupted: {exc}") from None
-    model, tokenizer = load_model(base_model or manifest["base_model"], dtype=dtype or manifest.get("dtype"))
-    record_source(model, base_model or manifest["base_model"])
-    retrofit(model, layers=manifest["layers"], variant=parse_variant(manifest["variant"]), freeze=manifest["freeze"],
-             seed=manifest["seed"])
+        retrofit(model, layers=manifest["layers"], variant=parse_variant(manifest["variant"]),
+                 freeze=manifest["freeze"], seed=manifest["seed"])
+    except KallmError as exc:
+        raise KallmError(f"{where}: {exc}") from None
+
+
+def _copy_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path) -> None:
     own = dict(model.named_parameters())
     own.update(dict(model.named_buffers()))
     expected = set(retrofit_state_dict(model))
@@ -144,6 +164,29 @@ def load_retrofit(path: str | Path, dtype: str | torch.dtype | None = None, devi
                 raise KallmError(f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, the rebuilt model "
                                  f"expects {tuple(target.shape)}")
             target.copy_(tensor.to(target.dtype))
+
+
+def load_retrofit(path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None,
+                  base_model: str | None = None, allow_other_base: bool = False):
+    """Rebuild a saved retrofit on its base model: `(model, tokenizer)`.
+
+    `base_model` overrides the manifest's base (e.g. a local copy of a hub model). Either way the base's
+    weights must match the fingerprint the manifest recorded; `allow_other_base=True` loads onto another
+    model anyway (with a warning).
+    """
+    folder = Path(path)
+    if device is not None:
+        device = resolve_device(device)  # an unavailable device fails before anything is loaded
+    manifest = read_manifest(folder)
+    state = read_tensors(folder / WEIGHTS, "retrofit weights")
+    base = base_model or manifest["base_model"]
+    revision = manifest.get("base_revision") if base_model is None else None
+    model, tokenizer = load_model(base, dtype=dtype or manifest.get("dtype"), device=None, revision=revision)
+    record_source(model, base)
+    check_base(manifest.get("base_fingerprint"), model, str(folder / MANIFEST), manifest["base_model"], base,
+               allow_other_base)
+    _rebuild(model, manifest, folder / MANIFEST)
+    _copy_state(model, state, folder / WEIGHTS)
     if device is not None:
         model.to(device)
     model.eval()

@@ -177,8 +177,10 @@ def retrofit(
     )
     _recount(model, report)
     attach_report(model, report)
-    log.info("retrofit %s: %s on layers %s, freeze=%s: %s trainable of %s", report.model_class, spec,
-             list(indices), freeze, f"{report.trainable_params:,}", f"{report.total_params:,}")
+    # A skeleton (meta device, no weights) is retrofitted to plan and count: that is not news for the log.
+    level = logging.DEBUG if next(model.parameters()).device.type == "meta" else logging.INFO
+    log.log(level, "retrofit %s: %s on layers %s, freeze=%s: %s trainable of %s", report.model_class, spec,
+            list(indices), freeze, f"{report.trainable_params:,}", f"{report.total_params:,}")
     return report
 
 

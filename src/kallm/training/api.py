@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 from kallm.data import DEFAULT_DATASET, load_conversations
+from kallm.errors import KallmError
+from kallm.io import check_output_dir, remove_stale_temps
+from kallm.locks import Busy, held
 from kallm.models import load_model, model_source
 from kallm.retrofitting import VariantSpec, retrofit, save_retrofit
 from kallm.retrofitting.variant import as_variant
 from kallm.training.callbacks import TrainCallback
+from kallm.training.checkpoint import newest_readable_checkpoint
 from kallm.training.config import TrainConfig, TrainResult
 from kallm.training.loop import train_model
 from kallm.training.state import RunFiles, check_out_dir
@@ -43,14 +48,25 @@ def train(
     files = RunFiles(Path(out))
     run_meta = {"model": model_source(model), "layers": layers, "variant": str(spec), "freeze": freeze,
                 "data": recorded}
-    check_out_dir(files, {"train": config.to_dict(), "run": run_meta}, resume)  # before any loading
+    check_output_dir(files.out, "training run folder")  # before any loading
+    check_out_dir(files, {"train": config.to_dict(), "run": run_meta}, resume)
+    if resume:
+        newest_readable_checkpoint(files.checkpoints, warn=False)  # none readable: say so before loading
     conversations = load_conversations(sources, on_bad_row=config.on_bad_row,
                                        max_conversations=config.max_conversations)
     net, tokenizer = load_model(model)
     retrofit(net, layers=layers, variant=spec, freeze=freeze, seed=config.seed)
-    result = train_model(net, tokenizer, conversations, config, out, resume=resume, progress=progress,
-                         callbacks=callbacks, run_meta=run_meta)
-    if files.config.is_file() and PartialState().is_main_process:  # only the main process writes the folder
-        save_retrofit(net.cpu(), files.retrofit, base_model=model_source(model), overwrite=True,
-                      extra={"training": result.to_dict()})
+    main = PartialState().is_main_process  # only the main process writes (and locks) the folder
+    try:
+        with held(files.out / ".lock", wait=False) if main else nullcontext():
+            if main:
+                remove_stale_temps(files.out)
+            result = train_model(net, tokenizer, conversations, config, out, resume=resume, progress=progress,
+                                 callbacks=callbacks, run_meta=run_meta)
+            if files.config.is_file() and main:
+                save_retrofit(net.cpu(), files.retrofit, base_model=model_source(model), overwrite=True,
+                              extra={"training": result.to_dict()})
+    except Busy as busy:
+        raise KallmError(f"{files.out} is being trained by another process (pid {busy.holder}); wait for it to "
+                         "finish, or choose another output folder") from None
     return result

@@ -26,9 +26,8 @@ from kallm.progress import progress_bar
 from kallm.retrofitting.freeze import first_trainable_layer
 from kallm.training.callbacks import TrainCallback
 from kallm.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    read_state,
+    apply_checkpoint,
+    newest_readable_checkpoint,
     remove_partial,
     save_checkpoint,
 )
@@ -119,15 +118,15 @@ class TrainLoop:
         return state
 
     def _restore(self, resume: bool) -> TrainState:
-        latest = latest_checkpoint(self.files.checkpoints) if resume else None
-        start = read_state(latest)["step"] if latest else 0
+        latest = newest_readable_checkpoint(self.files.checkpoints) if resume else None
+        start = latest.step if latest else 0
         for step in range(start):  # replay parameter-replacing callbacks deterministically
             for cb in self.callbacks:
                 cb.on_step_start(step, self.model)
         self.optimizer = build_optimizer(self.model, self.config)
         state = TrainState(processes=self.world)
         if latest:
-            state = TrainState.from_dict(load_checkpoint(latest, self.model, self.optimizer), str(latest))
+            state = TrainState.from_dict(apply_checkpoint(latest, self.model, self.optimizer), str(latest.path))
             log.info("resuming %s from step %d", self.files.out, state.step)
         if self.is_main:
             if resume:

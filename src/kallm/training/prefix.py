@@ -200,7 +200,9 @@ class PrefixCache:
         add are written back to `path` at their end. Batches come from `kallm.data.collate`.
         """
         fingerprint = prefix_fingerprint(model, layer_index)
-        cache = cls.load(path) if path is not None and Path(path).is_file() else cls(layer_index, fingerprint, dtype)
+        cache = cls.load_or_none(path) if path is not None else None
+        if cache is None:
+            cache = cls(layer_index, fingerprint, dtype)
         cache.check(model, layer_index)
         for batch in progress_bar(batches, progress=progress, desc="prefix cache", unit="batch"):
             cache.fill(model, batch)
@@ -218,17 +220,31 @@ class PrefixCache:
         self.path, self.dirty = Path(path), False
 
     @classmethod
+    def load_or_none(cls, path: str | Path) -> PrefixCache | None:
+        """The cache at `path`; None when there is none, or (with a warning) when it is damaged: it is rebuilt."""
+        if not Path(path).is_file():
+            return None
+        try:
+            return cls.load(path)
+        except KallmError as exc:
+            log.warning("%s; rebuilding it", exc)
+            return None
+
+    @classmethod
     def load(cls, path: str | Path) -> PrefixCache:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         path = Path(path)
         if not path.is_file():
             raise KallmError(f"prefix cache file {str(path)!r} does not exist")
-        handle = safe_open(str(path), framework="pt")
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except (SafetensorError, OSError) as exc:
+            raise KallmError(f"prefix cache {path} is damaged: {exc}") from None
         meta = handle.metadata() or {}
-        if "fingerprint" not in meta:
-            raise KallmError(f"{path} is not a kallm prefix cache (no fingerprint in its metadata)")
-        dtype = getattr(torch, meta.get("dtype", "torch.float32").replace("torch.", ""))
+        dtype = getattr(torch, meta.get("dtype", "").replace("torch.", ""), None)
+        if "fingerprint" not in meta or not meta.get("layer_index", "").isdigit() or not isinstance(dtype, torch.dtype):
+            raise KallmError(f"{path} is not a kallm prefix cache (its metadata lacks fingerprint, layer or dtype)")
         cache = cls(int(meta["layer_index"]), meta["fingerprint"], dtype)
         cache._file = handle
         cache._file_keys = set(handle.keys())
