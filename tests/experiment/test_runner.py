@@ -19,6 +19,7 @@ from kallm.errors import KallmError
 from kallm.experiment import load_config, parse_shard, plan_runs, run_experiment, shard_runs
 from kallm.experiment.results import finished_runs
 from kallm.io import read_jsonl
+from tests.training_helpers import write_chat_sample
 
 REPO = Path(__file__).resolve().parents[2]
 
