@@ -1,4 +1,8 @@
-"""Answer extraction and exact match reproduce lm-eval 0.4.x (zeroshot/utils.py filters, api/metrics.py)."""
+"""Answer extraction and exact match reproduce lm-eval 0.4.13 (zeroshot/utils.py filters, api/metrics.py).
+
+Readable examples of the behaviour; the exhaustive check against lm-eval's own outputs is
+test_lm_eval_fixtures.py.
+"""
 
 from __future__ import annotations
 
@@ -56,8 +60,9 @@ def test_multiple_choice_extraction(output, expected):
         ("sports_understanding", "It is not plausible.", "no"),
         ("sports_understanding", "Yes, that is plausible", "yes"),
         ("sports_understanding", "maybe", INVALID),
-        ("web_of_lies", "Sherrie does not tell the truth.", "No"),
-        ("web_of_lies", "So Jim tells the truth", "Yes"),
+        # lm-eval maps web_of_lies phrases to lower case; its metric ignores case, so "Yes" still scores.
+        ("web_of_lies", "Sherrie does not tell the truth.", "no"),
+        ("web_of_lies", "So Jim tells the truth", "yes"),
         ("object_counting", "I count 12 objects", "12"),
         ("object_counting", "There are twenty one items.", "21"),
         ("object_counting", "1,234", "1"),  # lm-eval takes the first integer: commas split numbers
@@ -75,10 +80,27 @@ def test_flexible_extraction_by_answer_type(task, output, expected):
 @pytest.mark.parametrize(
     ("text", "value"),
     [("one", 1), ("twenty one", 21), ("one hundred and five", 105), ("two thousand three", 2003),
-     ("fourteen", 14), ("zero", 0)],
+     ("fourteen", 14), ("zero", 0),
+     # word2number's own arithmetic, which lm-eval inherits: up to four words combine as a*b + c + d,
+     # and a word with a comma attached is not a number word.
+     ("one two three", 5), ("nineteen ninety", 109), ("one, two, three", 3), ("hundred thousand", 100000),
+     ("two million twenty three thousand and forty nine", 2023049)],
 )
-def test_number_words(text, value):
+def test_number_words_as_word2number(text, value):
     assert words_to_number(text) == value
+
+
+@pytest.mark.parametrize("text", ["one thousand one thousand", "thousand million"])
+def test_number_words_that_word2number_refuses_are_invalid(text):
+    # word2number raises here, which stops an lm-eval run; kallm scores the output as invalid instead.
+    assert words_to_number(text) is None
+    assert flexible_extract("object_counting", text) == INVALID
+
+
+def test_option_text_matches_longest_first():
+    question = "Who is oldest?\nOptions:\n(A) Louis\n(B) Bernard\n(C) Louise"
+    assert flexible_extract("penguins_in_a_table", "Louise", question) == "(C)"
+    assert flexible_extract("penguins_in_a_table", "Louis", question) == "(A)"
 
 
 def test_number_filter_prefers_digits():

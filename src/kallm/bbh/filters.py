@@ -1,15 +1,18 @@
-"""lm-eval's BBH answer filters and exact-match metric, reproduced (lm-evaluation-harness 0.4.x).
+"""lm-eval's BBH answer filters and exact-match metric, reproduced (lm-evaluation-harness 0.4.13).
 
 Sources: `lm_eval/filters/extraction.py` (RegexFilter), `lm_eval/tasks/bbh/zeroshot/utils.py`
 (MultiChoiceRegexFilter, MapRegexFilter, NumberParseRegexFilter, WordSortFilter), the per-task
-`flexible-extract` entries of `lm_eval/tasks/bbh/zeroshot/*.yaml`, and `exact_match` in
-`lm_eval/api/metrics.py`. Quirks are kept on purpose (e.g. the first integer of "1,234" is "1"), because
-the point is to score exactly as lm-eval does.
+`flexible-extract` entries of `lm_eval/tasks/bbh/zeroshot/*.yaml`, word2number 1.1 (numwords.py) and
+`exact_match` in `lm_eval/api/metrics.py`. Quirks are kept on purpose (e.g. the first integer of "1,234" is
+"1"), because the point is to score exactly as lm-eval does; tests/bbh/fixtures holds lm-eval's own
+extractions and scores of crafted outputs for every task, which these functions must reproduce.
+The one difference: where word2number raises (lm-eval's run stops), kallm scores the output as invalid.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import re
 import sys
 import unicodedata
@@ -17,7 +20,10 @@ from collections.abc import Callable, Sequence
 
 import regex as _regex  # lm-eval's number-word pattern needs branch reset groups `(?|...)`
 
+from kallm.bbh.numwords import NumberWordsError, word_to_num
 from kallm.bbh.tasks import GROUPS, MULTIPLE_CHOICE
+
+log = logging.getLogger(__name__)
 
 INVALID = "[invalid]"
 
@@ -71,7 +77,8 @@ def regex_filter(resp: str, pattern: str, group_select: int = 0) -> str:
         return INVALID
     match = found[group_select]
     if isinstance(match, tuple):
-        match = [m for m in match if m][0]
+        groups = [m for m in match if m]
+        match = groups[0] if groups else INVALID  # 0.4.13: all groups empty gives the fallback
     return match.strip()
 
 
@@ -89,6 +96,9 @@ def multi_choice_filter(resp: str, question: str | None) -> str:
             texts.append(re.escape(text))
             to_letter[text] = f"({letter})"
             letters.append(letter)
+        # Longest first, as lm-eval 0.4.13: an option text that starts another ("Louis", "Louise") must
+        # not shadow it through leftmost-wins alternation.
+        texts.sort(key=len, reverse=True)
         match = _find_match(re.compile("|".join(texts)), _ignores(resp, True, True), convert=to_letter)
         if not match:
             bare = re.compile(r":[\s]*(" + "|".join(letters) + ")")
@@ -118,30 +128,15 @@ _NUMBER_WORDS_RE = _regex.compile(
     ",|and|&)+)?(?:zero|one|two|three|four|five|(?:twen|thir|for|fif|six|seven|nine)(?|teen|ty)|eight(?|een|y)|ten|"
     "eleven|twelve|fourteen|hundred|thousand|(?:m|b|tr)illion))"
 )
-_UNITS = {w: i for i, w in enumerate((
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"))}
-_TENS = {w: 10 * i for i, w in enumerate(
-    ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"), start=2)}
-_SCALES = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000, "trillion": 10**12}
 
 
-def words_to_number(text: str) -> int | None:
-    """English number words to an int, the common cases of word2number's word_to_num (not a dependency)."""
-    total = current = 0
-    seen = False
-    for word in re.split(r"[\s,&-]+", text.lower()):
-        if word in _UNITS or word in _TENS:
-            current += _UNITS.get(word, _TENS.get(word, 0))
-        elif word == "hundred":
-            current = max(current, 1) * 100
-        elif word in _SCALES:
-            total += max(current, 1) * _SCALES[word]
-            current = 0
-        else:
-            continue  # "and", empty pieces
-        seen = True
-    return total + current if seen else None
+def words_to_number(text: str) -> int | float | None:
+    """word2number's word_to_num on `text`; None where it raises (lm-eval's run would stop there)."""
+    try:
+        return word_to_num(text)
+    except NumberWordsError as exc:
+        log.warning("number words %r: word2number raises (%s), which stops lm-eval; scored as invalid", text, exc)
+        return None
 
 
 def number_filter(resp: str) -> str:
@@ -185,8 +180,8 @@ FLEXIBLE.update({
     "sports_understanding": lambda resp, q: map_regex_filter(
         resp, {r"\b(no|not plausible)\b": "no", r"\b(yes|plausible)\b": "yes"}),
     "web_of_lies": lambda resp, q: map_regex_filter(resp, {
-        r"\b(no|does not tell the truth|is not telling the truth)\b": "No",
-        r"\b(yes|tells the truth|is telling the truth)\b": "Yes",
+        r"\b(no|does not tell the truth|is not telling the truth)\b": "no",
+        r"\b(yes|tells the truth|is telling the truth)\b": "yes",
     }),
     "dyck_languages": _regex(_DYCK),
     "multistep_arithmetic_two": lambda resp, q: number_filter(resp),

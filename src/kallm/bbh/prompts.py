@@ -1,10 +1,12 @@
 """Evaluation modes and the prompts lm-eval builds for them (lm-evaluation-harness 0.4.x BBH tasks).
 
 lm-eval assembles `description + fewshot block + doc_to_text(doc)` where the description is the task line
-followed by a blank line, each exemplar is `doc_to_text(exemplar) + target_delimiter (" ") + target` and
+followed by a blank line, each exemplar is `doc_to_text(exemplar) + target_delimiter + target` and
 exemplars end with the fewshot_delimiter `\\n\\n`. doc_to_text is `Q: {input}\\nA:` for direct answers and
-`Q: {input}\\nA: Let's think step by step.\\n` for CoT, whose exemplar targets are the reasoning alone; so a
-CoT exemplar reads `...step by step.\\n <reasoning>` (the space is lm-eval's target delimiter).
+`Q: {input}\\nA: Let's think step by step.\\n` for CoT, whose exemplar targets are the reasoning alone. The
+target delimiter is `" "` for direct answers (`A: (B)`) but `""` in `_cot_fewshot_template_yaml`, so a CoT
+exemplar reads `...step by step.\\n<reasoning>` with no space. `tests/bbh/fixtures/` holds the prompts of
+lm-eval 0.4.13's own task objects, compared character for character.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from kallm.errors import KallmError
 from kallm.registry import Registry
 
 TARGET_DELIMITER = " "
+COT_TARGET_DELIMITER = ""  # _cot_fewshot_template_yaml: target_delimiter: ""
 FEWSHOT_DELIMITER = "\n\n"
 COT_TRIGGER = "Let's think step by step."
 
@@ -35,15 +38,20 @@ class Mode:
     headline: str
     lm_eval_task: str  # the lm-eval task family it reproduces
     generative: bool = True
+    # lm-eval's filter pipelines of that family -> the kallm metric that reproduces each one.
+    lm_eval_filters: tuple[tuple[str, str], ...] = ()
 
 
 MODES: Registry[Mode] = Registry("BBH mode")
 MODES.add("zeroshot", Mode("zeroshot", False, False, ("</s>", "Q:", "<|im_end|>"), 256,
-                           ("strict", "flexible", "stripped"), "stripped", "bbh_zeroshot"))
+                           ("strict", "flexible", "stripped"), "stripped", "bbh_zeroshot",
+                           lm_eval_filters=(("strict-match", "strict"), ("flexible-extract", "flexible"))))
 MODES.add("fewshot", Mode("fewshot", True, False, ("</s>", "Q", "\n\n"), 256,
-                          ("strict", "flexible", "stripped"), "stripped", "bbh_fewshot"))
+                          ("strict", "flexible", "stripped"), "stripped", "bbh_fewshot",
+                          lm_eval_filters=(("none", "strict"),)))
 MODES.add("cot", Mode("cot", True, True, ("</s>", "Q", "\n\n"), 1024,
-                      ("strict", "flexible", "stripped"), "stripped", "bbh_cot_fewshot"))
+                      ("strict", "flexible", "stripped"), "stripped", "bbh_cot_fewshot",
+                      lm_eval_filters=(("get-answer", "strict"),)))
 # Log-likelihood ranking of the enumerable answers after the few-shot (direct answer) prompt.
 MODES.add("mc", Mode("mc", True, False, (), 0, ("acc", "acc_norm"), "acc", "bbh_fewshot (loglikelihood)",
                      generative=False))
@@ -64,7 +72,7 @@ def render_prompt(task: Task, question: str, mode: str | Mode) -> str:
         for ex in task.exemplars:
             shot = f"Q: {ex.input}\nA:"
             if spec.cot:
-                shot += f" {COT_TRIGGER}\n{TARGET_DELIMITER}{ex.reasoning}"
+                shot += f" {COT_TRIGGER}\n{COT_TARGET_DELIMITER}{ex.reasoning}"
             else:
                 shot += f"{TARGET_DELIMITER}{ex.answer}"
             parts += [shot, FEWSHOT_DELIMITER]
