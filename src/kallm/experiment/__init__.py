@@ -52,8 +52,8 @@ def run_experiment(
     done = finished_runs(out)
     todo = [r for r in runs if r.run_id not in done]
     runner = GridRunner(config, out, progress=progress)
-    if any(r.variant.trained for r in todo):
-        runner.conversations()  # a data file that does not read fails here, before anything is written
+    if todo and (any(r.variant.trained for r in todo) or config.eval.heldout_size > 0):
+        runner.loaded_data()  # a data file that does not read fails here, before anything is written
     prepare_output(config, out, force=force)
     log.info("%s: %d runs planned%s, %d already finished, %d to do", config.name, len(runs),
              f" (shard {shard})" if shard else "", len(runs) - len(todo), len(todo))

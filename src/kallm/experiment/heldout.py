@@ -10,6 +10,8 @@ written to `runs/<run_id>/heldout.json`; its record gets the summary.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from kallm.errors import KallmError
 from kallm.experiment.schema import ExperimentConfig
 from kallm.heldout import HeldoutScore, carve_heldout, score_heldout
 from kallm.io import write_json_atomic
-from kallm.training.prefix import PrefixCache, prefix_fingerprint
+from kallm.training.prefix import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,11 @@ def set_name(path: str | Path) -> str:
 class GridHeldout:
     """Held-out sets of one grid, with one frozen-prefix cache per (set, prefix layer), kept on disk."""
 
-    def __init__(self, config: ExperimentConfig, cache_dir: Path, progress: bool | None = None) -> None:
+    def __init__(self, config: ExperimentConfig, cache_dir: Path, lock: Callable[[], AbstractContextManager],
+                 progress: bool | None = None) -> None:
         self.config = config
         self.cache_dir = cache_dir
+        self.lock = lock
         self.progress = progress
         self._examples: dict[str, list[TokenizedExample]] | None = None
         self._caches: dict[tuple[str, int], PrefixCache] = {}
@@ -66,12 +70,7 @@ class GridHeldout:
         key = (name, layer_index)
         if key not in self._caches:
             path = self.cache_dir / f"prefix-{name}-layer{layer_index}.safetensors"
-            fingerprint = prefix_fingerprint(model, layer_index)
-            cache = PrefixCache.load(path) if path.is_file() else None
-            if cache is None or cache.fingerprint != fingerprint:
-                cache = PrefixCache(layer_index, fingerprint)
-            cache.path = path
-            self._caches[key] = cache
+            self._caches[key] = PrefixCache.for_model(path, model, layer_index)
         return self._caches[key]
 
     def score(self, model: nn.Module, tokenizer, layer_index: int) -> dict[str, HeldoutScore]:
@@ -84,7 +83,8 @@ class GridHeldout:
                                          cache=cache, batch_size=self.config.eval.heldout_batch_size,
                                          chunk_size=self.config.train.logits_chunk_size, progress=self.progress)
             if cache is not None and cache.dirty:
-                cache.save(cache.path)
+                with self.lock():  # processes running one grid share cache/
+                    cache.save(cache.path)
         return scores
 
 

@@ -54,7 +54,7 @@ from kallm.runinfo import run_info
 from kallm.training import train_model
 from kallm.training.checkpoint import latest_checkpoint
 from kallm.training.examples import prepare_data
-from kallm.training.prefix import PrefixCache, prefix_fingerprint
+from kallm.training.prefix import PrefixCache
 from kallm.training.state import RunFiles
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,12 @@ class GridRunner:
         self.progress = progress
         self.device = resolve_device(config.device)
         self.cache_dir = out / "cache"
+        self._loaded: ConversationSet | None = None
         self._conversations: ConversationSet | None = None
         self._train_cache: PrefixCache | None = None
         self._eval_forwards: dict[int, CachedPrefixForward] = {}
         self._chance: dict[str, float] | None = None
-        self.heldout = GridHeldout(config, self.cache_dir, progress)
+        self.heldout = GridHeldout(config, self.cache_dir, self.cache_lock, progress)
         self._distill_io: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------ shared inputs
@@ -79,13 +80,18 @@ class GridRunner:
     def load_base(self):
         return load_model(self.config.model_path(), dtype=self.config.dtype, device=self.device)
 
+    def loaded_data(self) -> ConversationSet:
+        """All of `train.data`, read once (a file that does not read fails here, before any work)."""
+        if self._loaded is None:
+            train = self.config.train
+            self._loaded = load_conversations(self.config.data_sources(), on_bad_row=train.on_bad_row,
+                                              max_conversations=train.max_conversations)
+        return self._loaded
+
     def conversations(self, tokenizer) -> ConversationSet:
         """The training data, without the held-out conversations every run is scored on."""
         if self._conversations is None:
-            train = self.config.train
-            data = load_conversations(self.config.data_sources(), on_bad_row=train.on_bad_row,
-                                      max_conversations=train.max_conversations)
-            self._conversations = self.heldout.split_training_data(data, tokenizer)
+            self._conversations = self.heldout.split_training_data(self.loaded_data(), tokenizer)
         return self._conversations
 
     def cache_lock(self):
@@ -96,11 +102,7 @@ class GridRunner:
         """One cache of training-data prefix states for the whole grid, kept on disk between runs."""
         if self._train_cache is None or self._train_cache.layer_index != layer_index:
             path = self.cache_dir / f"prefix-train-layer{layer_index}.safetensors"
-            fingerprint = prefix_fingerprint(model, layer_index)
-            cache = PrefixCache.load_or_none(path)
-            if cache is None or cache.fingerprint != fingerprint:
-                cache = PrefixCache(layer_index, fingerprint)
-            self._train_cache = cache
+            self._train_cache = PrefixCache.for_model(path, model, layer_index)
         return self._train_cache
 
     def save_train_cache(self) -> None:

@@ -231,6 +231,17 @@ class PrefixCache:
             return None
 
     @classmethod
+    def for_model(cls, path: str | Path, model: nn.Module, layer_index: int) -> PrefixCache:
+        """The cache kept at `path` if it was built on this model's prefix (and is readable), else a new one
+        that will be saved there: one cache file per grid, shared by every run."""
+        fingerprint = prefix_fingerprint(model, layer_index)
+        cache = cls.load_or_none(path)
+        if cache is None or cache.fingerprint != fingerprint or cache.layer_index != layer_index:
+            cache = cls(layer_index, fingerprint)
+        cache.path = Path(path)
+        return cache
+
+    @classmethod
     def load(cls, path: str | Path) -> PrefixCache:
         from safetensors import SafetensorError, safe_open
 
