@@ -16,7 +16,7 @@ from kallm import __version__
 from kallm.errors import KallmError
 
 # Module names under kallm.cli, one per command (or family of commands).
-_COMMAND_MODULES = ("inspect_cmd", "train_cmd", "eval_cmd", "run_cmd", "report_cmd", "plot_cmd")
+_COMMAND_MODULES = ("inspect_cmd", "train_cmd", "eval_cmd", "run_cmd", "report_cmd", "plot_cmd", "export_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,16 +31,22 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 def run_experiment(
     config_path: str | Path, shard: str | None = None, dry_run: bool = False, force: bool = False,
-    progress: bool | None = None,
+    progress: bool | None = None, out: str | Path | None = None,
 ) -> Path | list[dict[str, Any]]:
-    """Run (or resume) the grid of `config_path`. Returns the output folder (the plan for dry runs)."""
+    """Run (or resume) the grid of `config_path`. Returns the output folder (the plan for dry runs).
+
+    `out` runs it into another folder than the config's `output_dir`, without editing the file; the
+    folder records the config as written (so its hash, and resuming, do not depend on where it ran).
+    """
     from kallm.experiment.runner import GridRunner
+    from kallm.training.tracking import check_installed
 
     config = load_config(config_path)
     runs = shard_runs(plan_runs(config, same_as_counts(config)), parse_shard(shard))
     if dry_run:
         return dry_run_rows(config, runs)
-    out = config.output_path()
+    check_installed(config.train.report_to)
+    out = Path(out) if out is not None else config.output_path()
     prepare_output(config, out, force=force)
     done = finished_runs(out)
     todo = [r for r in runs if r.run_id not in done]

@@ -13,6 +13,7 @@ from kallm.training.callbacks import TrainCallback
 from kallm.training.config import TrainConfig, TrainResult
 from kallm.training.loop import train_model
 from kallm.training.state import RunFiles, check_out_dir
+from kallm.training.tracking import check_installed
 
 
 def _data_sources(data: str | Path | Sequence[str | Path]) -> tuple[list[str | Path], list[str]]:
@@ -44,6 +45,7 @@ def train(
     run_meta = {"model": model_source(model), "layers": layers, "variant": str(spec), "freeze": freeze,
                 "data": recorded}
     check_out_dir(files, {"train": config.to_dict(), "run": run_meta}, resume)  # before any loading
+    check_installed(config.report_to)
     conversations = load_conversations(sources, on_bad_row=config.on_bad_row,
                                        max_conversations=config.max_conversations)
     net, tokenizer = load_model(model)
