@@ -249,4 +249,4 @@ def test_the_embedded_models_kan_retrofit_exports(embedded_dir, tmp_path):
     assert f"Trained: {report.trainable_params:,}" in (out / "README.md").read_text()
     from transformers import AutoTokenizer
 
-    assert AutoTokenizer.from_pretrained(out).chat_template == tokenizer.chat_template
+    assert AutoTokenizer.from_pretrained(out, trust_remote_code=True).chat_template == tokenizer.chat_template

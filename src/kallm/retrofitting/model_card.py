@@ -12,6 +12,7 @@ from typing import Any
 
 from kallm import __version__
 from kallm.io import read_jsonl
+from kallm.models import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from kallm.retrofitting.report import RetrofitReport
 
 
@@ -42,10 +43,17 @@ def known_results(folder: str | Path, manifest: dict[str, Any]) -> dict[str, Any
     return results
 
 
-def _front_matter(base_model: str, info: dict[str, Any]) -> str:
-    # Only a hub id (org/name) links to the base model on the hub; a local path would be a dead link.
+def hub_id(base_model: str) -> str | None:
+    """The base model's hub id (org/name), when it has one; a local path would be a dead link."""
+    if base_model == EMBEDDED_MODEL:
+        return EMBEDDED_SOURCE
     hub = "/" in base_model and not Path(base_model).expanduser().exists() and not base_model.startswith((".", "/"))
-    lines = ["---", "library_name: transformers", *([f"base_model: {base_model}"] if hub else []),
+    return base_model if hub else None
+
+
+def _front_matter(base_model: str, info: dict[str, Any]) -> str:
+    hub = hub_id(base_model)
+    lines = ["---", "library_name: transformers", *([f"base_model: {hub}"] if hub else []),
              "tags:", "- kallm", "- kolmogorov-arnold-network", f"- {info['variant'].split(':')[0].split('@')[0]}",
              "---", ""]
     return "\n".join(lines)
@@ -92,16 +100,20 @@ def model_card(title: str, base_model: str, info: dict[str, Any], report: Retrof
     """README.md of an exported retrofit."""
     usage = (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
              f"model = AutoModelForCausalLM.from_pretrained(\"{title}\", trust_remote_code=True)\n"
-             f"tokenizer = AutoTokenizer.from_pretrained(\"{title}\")\n```\n\n"
+             f"tokenizer = AutoTokenizer.from_pretrained(\"{title}\", trust_remote_code=True)\n```\n\n"
              "It needs torch and transformers only: the model code is in this folder (`modeling_kallm.py`, "
              "`configuration_kallm.py`, and the `kallm_*.py` files: kallm's own KAN layer code, copied). "
              "`model.freeze_like_retrofit()` sets `requires_grad` as kallm trained it, for further training "
-             "with your own stack.\n\nEvaluate it with lm-evaluation-harness:\n\n```bash\nlm_eval --model hf "
-             f"--model_args pretrained={title},trust_remote_code=True --tasks bbh_cot_fewshot --batch_size 8\n```\n")
+             "with your own stack. The model type is `kallm_<base>`, so loading without `trust_remote_code=True` "
+             "fails rather than build the base model without its new FFNs (AutoTokenizer reads config.json "
+             "too, hence the flag there).\n\nEvaluate it with lm-evaluation-harness:\n\n```bash\nlm_eval --model hf "
+             f"--model_args pretrained={title},trust_remote_code=True --tasks bbh_zeroshot --batch_size 8\n```\n")
     how = (f"Made with kallm {info['kallm_version']} from `{base_model}`: variant `{info['variant']}`, layers "
            f"`{info['layers']}`, freeze policy `{info['freeze']}`, seed {info['seed']}; exported by kallm "
            f"{__version__}. The config's `kallm` section records how each replaced FFN is rebuilt.\n")
-    return (_front_matter(base_model, info) + f"# {title}\n\n`{base_model}` with its feed-forward blocks "
+    hub = hub_id(base_model)
+    named = f"`{base_model}`" + (f" ([{hub}](https://huggingface.co/{hub}))" if hub and hub != base_model else "")
+    return (_front_matter(base_model, info) + f"# {title}\n\n{named} with its feed-forward blocks "
             f"retrofitted by kallm (`{info['variant']}` on layers `{info['layers']}`).\n\n## Use\n\n{usage}\n"
             f"## What was replaced\n\n{_replaced_section(report)}\n## Results\n\n{_results_section(results)}\n"
             f"## How it was made\n\n{how}")
