@@ -37,3 +37,16 @@ def make_tiny_model(arch: str, vocab_size: int = 256, seed: int = 0):
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.eval()
     return model
+
+
+def make_tiny_tokenizer(vocab_size: int = 256):
+    """A real fast tokenizer (word-level, tokens t3 ... t{vocab_size - 1}) that loads in milliseconds,
+    for model folders whose tests do not care about text (the real SmolLM2 tokenizer takes ~0.6 s)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<unk>")

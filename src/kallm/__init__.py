@@ -13,6 +13,7 @@ _LAZY = {
     "retrofit_report": "kallm.retrofitting",
     "save_retrofit": "kallm.retrofitting",
     "load_retrofit": "kallm.retrofitting",
+    "export_pretrained": "kallm.retrofitting.export",
     "parse_variant": "kallm.retrofitting",
     "VariantSpec": "kallm.retrofitting",
     "train": "kallm.training",

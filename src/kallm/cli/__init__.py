@@ -19,7 +19,7 @@ from kallm.errors import KallmError
 from kallm.progress import progress_enabled
 
 # Module names under kallm.cli, one per command (or family of commands).
-_COMMAND_MODULES = ("inspect_cmd", "train_cmd", "eval_cmd", "run_cmd", "report_cmd", "plot_cmd")
+_COMMAND_MODULES = ("inspect_cmd", "train_cmd", "eval_cmd", "run_cmd", "report_cmd", "plot_cmd", "export_cmd")
 
 
 class _Parser(argparse.ArgumentParser):

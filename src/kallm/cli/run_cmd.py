@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="add runs to an output folder that holds results of a different config")
     p.add_argument("--report", action="store_true", help="write the report when the grid is done")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder for this invocation (default: the config's output_dir)")
     p.set_defaults(func=run)
 
 
@@ -20,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from kallm.experiment import run_experiment
 
     result = run_experiment(args.config, shard=args.shard, dry_run=args.dry_run, force=args.force,
-                            progress=args.progress)
+                            progress=args.progress, out=args.out)
     if args.dry_run:
         header = f"{'run':<28} {'spec':<48} {'init':<8} {'width':>6} {'trainable':>12} {'total':>13}"
         print(header)

@@ -18,7 +18,7 @@ _RUN_KEYS = {"model": "smollm2-135m-instruct", "layers": "last:5", "variant": "k
 # TrainConfig fields exposed as flags (the rest are set in a config file's `train:` section).
 _TRAIN_FLAGS = ("steps", "batch_size", "grad_accum", "max_length", "lr", "weight_decay", "warmup_steps",
                 "clip_grad_norm", "eval_every", "eval_batches", "val_size", "save_every", "seed", "precision",
-                "logits_chunk_size", "max_conversations", "on_bad_row")
+                "logits_chunk_size", "max_conversations", "on_bad_row", "report_to")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -34,21 +34,25 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 def run_experiment(
     config_path: str | Path, shard: str | None = None, dry_run: bool = False, force: bool = False,
-    progress: bool | None = None,
+    progress: bool | None = None, out: str | Path | None = None,
 ) -> Path | list[dict[str, Any]]:
     """Run (or resume) the grid of `config_path`. Returns the output folder (the plan for dry runs).
 
     Every name and path of the config is checked before any run starts (`preflight`), and so is a dry run.
     Processes may share the output folder (shards, or the same grid started twice): each run is locked
     while one of them works on it, so no run is ever done twice.
+    `out` runs it into another folder than the config's `output_dir`, without editing the file; the
+    folder records the config as written (so its hash, and resuming, do not depend on where it ran).
     """
     from kallm.experiment.runner import GridRunner
+    from kallm.training.tracking import check_installed
 
     config = load_config(config_path)
-    runs, rows = preflight(config, parse_shard(shard))
+    runs, rows = preflight(config, parse_shard(shard), Path(out) if out is not None else None)
     if dry_run:
         return rows
-    out = config.output_path()
+    check_installed(config.train.report_to)
+    out = Path(out) if out is not None else config.output_path()
     done = finished_runs(out)
     todo = [r for r in runs if r.run_id not in done]
     runner = GridRunner(config, out, progress=progress)

@@ -9,6 +9,7 @@ its config, no weights), the output folder. Each error is one line that points a
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kallm.config.yamlsrc import located
@@ -37,7 +38,7 @@ def _at(config: ExperimentConfig, key: str, check: Callable[[], Any]) -> Any:
         raise ConfigError(located(str(exc), key, config.lines)) from None
 
 
-def check_inputs(config: ExperimentConfig) -> None:
+def check_inputs(config: ExperimentConfig, out: Path | None = None) -> None:
     """Names, data, BBH folder and tasks, device, output folder and model, before anything is loaded."""
     ecfg = config.eval
     _at(config, "eval.tasks", lambda: check_tasks(ecfg.tasks))
@@ -51,14 +52,14 @@ def check_inputs(config: ExperimentConfig) -> None:
         _at(config, f"eval.heldout[{i}]", lambda path=path: check_data([path]))
     _at(config, "eval.data_dir", lambda: check_bbh_data(config.bbh_data_dir(), ecfg.tasks, ecfg.limit))
     _at(config, "device", lambda: resolve_device(config.device))
-    _at(config, "output_dir", lambda: check_output(config.output_path()))
+    _at(config, "output_dir", lambda: check_output(out or config.output_path()))
     _at(config, "model", lambda: check_model(config.model_path()))
 
 
-def preflight(config: ExperimentConfig,
-              shard: tuple[int, int] | None = None) -> tuple[list[PlannedRun], list[dict[str, Any]]]:
+def preflight(config: ExperimentConfig, shard: tuple[int, int] | None = None,
+              out: Path | None = None) -> tuple[list[PlannedRun], list[dict[str, Any]]]:
     """`check_inputs`, then the shard's planned runs with every variant built on the model's skeleton (meta
     device, no weights: the check of layers, freeze policy and sizes) as the dry-run rows."""
-    check_inputs(config)
+    check_inputs(config, out)
     runs = shard_runs(plan_runs(config, same_as_counts(config)), shard)
     return runs, dry_run_rows(config, runs)

@@ -114,7 +114,11 @@ class FusedKAN(nn.Module):
         channel's F_g feature families (its basis terms plus the base branch) gets an equal share:
         sigma^2 = 1 / (in_features * F_g * E[f^2]), with E[f^2] under N(0, 1) by 96-point Gauss-Hermite
         quadrature (floored at 1% of the group's largest, so near-empty edge splines stay bounded).
+        A layer built on the meta device (transformers' `from_pretrained` builds models there and then
+        loads their weights) has no values to initialise.
         """
+        if self.weight.is_meta:
+            return
         nodes, qweights = np.polynomial.hermite_e.hermegauss(96)
         x = torch.from_numpy(nodes).to(self.weight.device)
         w = torch.from_numpy(qweights / math.sqrt(2 * math.pi)).to(self.weight.device)

@@ -14,26 +14,8 @@ from torch import nn
 
 from kallm.errors import KallmError
 from kallm.kan import kan_num_params
+from kallm.retrofitting.ffn import named_projections, projection_shape, set_projection_shapes
 from kallm.retrofitting.variant import VariantSpec
-
-
-def _conv1d_type() -> type | None:
-    """GPT-2's transposed linear (transformers.pytorch_utils.Conv1D), if transformers is installed."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return None
-    return Conv1D
-
-
-def _projection_shape(module: nn.Module) -> tuple[int, int] | None:
-    """(in_features, out_features) of a Linear or Conv1D, else None."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    conv = _conv1d_type()
-    if conv is not None and isinstance(module, conv):
-        return module.nx, module.nf
-    return None
 
 
 def _new_shape(shape: tuple[int, int], d: int, inter: int, width: int) -> tuple[int, int]:
@@ -57,7 +39,7 @@ def _linear_count(modules: list[nn.Module], d: int, inter: int, width: int) -> i
     total = 0
     for module in modules:
         for sub in module.modules():
-            shape = _projection_shape(sub)
+            shape = projection_shape(sub)
             if shape is None:
                 total += sum(p.numel() for p in sub.parameters(recurse=False))
                 continue
@@ -70,29 +52,12 @@ def resize_mlp(module: nn.Module, d: int, inter: int, width: int) -> nn.Module:
     """`module` (a fresh copy, modified in place) with every projection through `inter` resized to `width`.
 
     The new projections are uninitialised in any meaningful sense; the caller re-initialises them the
-    way the model initialises its own weights.
+    way the model initialises its own weights. A split FFN's own linear (OPT's fc1 / fc2) is replaced
+    whole (its path is '').
     """
     _check_dims(d, inter)
-    own = _projection_shape(module)
-    if own is not None:  # a split FFN's own linear (OPT's fc1 / fc2)
-        return _resized_projection(module, own, _new_shape(own, d, inter, width))
-    for name, sub in list(module.named_modules()):
-        shape = _projection_shape(sub)
-        if shape is not None:
-            parent_name, _, child = name.rpartition(".")
-            parent = module.get_submodule(parent_name) if parent_name else module
-            setattr(parent, child, _resized_projection(sub, shape, _new_shape(shape, d, inter, width)))
-    return module
-
-
-def _resized_projection(sub: nn.Module, shape: tuple[int, int], new_shape: tuple[int, int]) -> nn.Module:
-    n_in, n_out = new_shape
-    if (n_in, n_out) == shape:
-        return sub
-    ref = next(sub.parameters())
-    if isinstance(sub, nn.Linear):
-        return nn.Linear(n_in, n_out, bias=sub.bias is not None, device=ref.device, dtype=ref.dtype)
-    return _conv1d_type()(n_out, n_in).to(device=ref.device, dtype=ref.dtype)
+    shapes = {name: _new_shape(shape, d, inter, width) for name, shape in named_projections(module).items()}
+    return set_projection_shapes(module, shapes)
 
 
 def _largest_width(count: Callable[[int], int], target: int, what: str) -> int:

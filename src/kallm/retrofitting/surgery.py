@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +19,7 @@ from kallm.errors import KallmError
 from kallm.kan import build_kan
 from kallm.registry import Registry
 from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn, model_dims
+from kallm.retrofitting.ffn import RetrofitFFN
 from kallm.retrofitting.freeze import FREEZE_POLICIES, first_trainable_layer
 from kallm.retrofitting.layers import parse_layer_spec
 from kallm.retrofitting.report import (
@@ -37,21 +37,6 @@ from kallm.retrofitting.variant import VariantSpec, as_variant
 log = logging.getLogger(__name__)
 
 NEW_PARAM_MARKER = ".kallm_ffn."
-
-
-class RetrofitFFN(nn.Module):
-    """Holds a replacement FFN under the recognisable name `kallm_ffn`."""
-
-    def __init__(self, inner: nn.Module, kind: str) -> None:
-        super().__init__()
-        self.kallm_ffn = inner
-        self.kind = kind
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.kallm_ffn(hidden_states)
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}"
 
 
 def is_new_param(name: str) -> bool:

@@ -18,6 +18,7 @@ from kallm.training.checkpoint import newest_readable_checkpoint
 from kallm.training.config import TrainConfig, TrainResult
 from kallm.training.loop import train_model
 from kallm.training.state import RunFiles, check_out_dir
+from kallm.training.tracking import check_installed
 
 
 def _data_sources(data: str | Path | Sequence[str | Path]) -> tuple[list[str | Path], list[str]]:
@@ -52,6 +53,7 @@ def train(
     check_out_dir(files, {"train": config.to_dict(), "run": run_meta}, resume)
     if resume:
         newest_readable_checkpoint(files.checkpoints, warn=False)  # none readable: say so before loading
+    check_installed(config.report_to)
     conversations = load_conversations(sources, on_bad_row=config.on_bad_row,
                                        max_conversations=config.max_conversations)
     net, tokenizer = load_model(model)

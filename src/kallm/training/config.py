@@ -9,6 +9,8 @@ from typing import Any
 
 from kallm.config.mapping import FieldError
 from kallm.data.loading import ON_BAD_ROW
+from kallm.errors import KallmError
+from kallm.training.tracking import tracker_names
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -40,6 +42,8 @@ class TrainConfig:
     group_by_length: bool = True
     max_conversations: int | None = None
     on_bad_row: str = "skip"
+    # Experiment trackers, through Accelerate: tensorboard, wandb, mlflow, comet_ml, aim, ... (default: none)
+    report_to: str | tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False, allow_none: bool = False) -> None:
@@ -80,6 +84,10 @@ class TrainConfig:
             raise FieldError("on_bad_row", f"{self.on_bad_row!r} is not valid; choose one of: {', '.join(ON_BAD_ROW)}")
         if not isinstance(self.prefix_cache, bool) or not isinstance(self.group_by_length, bool):
             raise FieldError("prefix_cache", "prefix_cache and group_by_length must be true or false")
+        try:  # one form from here on: a tuple of checked tracker names
+            object.__setattr__(self, "report_to", tracker_names(self.report_to))
+        except KallmError as exc:
+            raise FieldError("report_to", str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

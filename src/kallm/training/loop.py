@@ -38,6 +38,7 @@ from kallm.training.memory import current_memory, peak_memory, reset_peak_memory
 from kallm.training.optim import build_optimizer, lr_at, rebuild_optimizer, set_lr, trainable_named_params
 from kallm.training.prefix import PrefixCache, prefix_fingerprint
 from kallm.training.state import MetricsLog, RunFiles, TrainState, check_out_dir
+from kallm.training.tracking import check_installed, flat_hparams, tracked_values, tracking_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,10 @@ class TrainLoop:
         self.shared_cache = prefix_cache
         # Autocast is applied here rather than through Accelerate's mixed_precision, whose process-wide
         # state cannot change between runs in one process (experiment grids, tests).
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        check_installed(config.report_to)  # before any data is loaded
+        trackers = list(config.report_to)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None,
+                                       project_dir=str(tracking_dir(self.files.out)) if trackers else None)
         self.device = self.accelerator.device
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
@@ -115,6 +119,9 @@ class TrainLoop:
         self.metrics = MetricsLog(self.files.metrics, self.is_main)
         state = self._restore(resume)
         self._bind_prefix()
+        if self.config.report_to:
+            run_name = str((self.meta.get("run") or {}).get("run_id") or self.files.out.name)
+            self.accelerator.init_trackers(run_name, config=flat_hparams(self.meta))
         return state
 
     def _restore(self, resume: bool) -> TrainState:
@@ -227,8 +234,14 @@ class TrainLoop:
 
     def log(self, record: dict[str, Any]) -> None:
         self.metrics.add(record)
+        if self.config.report_to:
+            self.accelerator.log(tracked_values(record), step=record["step"])
         for cb in self.callbacks:
             cb.on_log(record)
+
+    def close_trackers(self) -> None:
+        if self.config.report_to:
+            self.accelerator.end_training()  # flushes and closes the trackers' files
 
     def checkpoint(self, state: TrainState) -> None:
         self.metrics.flush()
@@ -249,6 +262,7 @@ class TrainLoop:
             trainable_params=sum(p.numel() for _, p in trainable_named_params(self.model)),
             metrics_path=str(self.files.metrics), out_dir=str(self.files.out),
         )
+        self.close_trackers()
         if self.is_main:
             write_json_atomic(self.files.result, result.to_dict())
             if self.cache is not None and self.cache.path is not None and self.cache.dirty:
@@ -262,6 +276,7 @@ class TrainLoop:
         config = self.config
         state = self.setup(train_data, val_data, resume)
         if state.step >= config.steps and self.files.result.is_file():
+            self.close_trackers()
             return TrainResult(**read_json(self.files.result, "training result"))
         wall_before, wall_start = state.wall_s, time.perf_counter()
         if state.step == 0:

@@ -1,0 +1,26 @@
+"""`kallm run --out DIR`: a config run into another folder without editing it."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from kallm.cli import main
+from kallm.io import read_jsonl
+
+
+def test_run_out_writes_the_grid_into_another_folder(grid_run, capsys):
+    config, out, code = grid_run
+    assert code == 0
+    written = yaml.safe_load(config.read_text())
+    assert not (config.parent / "out").exists()  # the config's own output_dir is untouched ...
+    assert written["output_dir"] == str(config.parent / "out")  # ... and so is the file
+    assert sorted(r["run_id"] for r in read_jsonl(out / "results.jsonl")) == ["baseline", "kan.seed0"]
+    assert (out / "runs" / "kan.seed0" / "retrofit" / "manifest.json").is_file()
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["config"]["output_dir"] == written["output_dir"]  # the config as written: same hash anywhere
+    # running again into the same folder resumes it: nothing is left to do
+    assert main(["-q", "run", str(config), "--out", str(out)]) == 0
+    assert len(read_jsonl(out / "results.jsonl")) == 2
+    assert f"results: {out / 'results.jsonl'}" in capsys.readouterr().out
