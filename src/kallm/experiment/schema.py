@@ -22,6 +22,7 @@ from kallm.config.mapping import INTERNAL, FieldError, from_mapping
 from kallm.config.yamlsrc import load_yaml_mapping
 from kallm.data import DEFAULT_DATASET
 from kallm.errors import KallmError
+from kallm.precision import precision_problem
 from kallm.registry import Registry, unknown_name_message
 from kallm.retrofitting.curriculum import DegreeSchedule, check_schedule_for, start_variant, validate_schedule
 from kallm.retrofitting.distill import DistillConfig
@@ -60,6 +61,12 @@ class EvalConfig(EvalSettings):
     tasks: str | list[str] = "all"  # names, 'all', or groups
     metric: str | None = None  # headline metric; default: the evaluator's headline for the mode
     prefix_cache: bool = True  # mc: reuse the frozen prefix's states across variants and seeds
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; auto: bf16 where the device has native bf16)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (problem := precision_problem(self.precision)) is not None:
+            raise FieldError("precision", problem)
 
 
 @dataclass
