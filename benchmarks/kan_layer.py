@@ -1,12 +1,18 @@
 """KAN layer benchmark: forward+backward time and saved-for-backward bytes, side by side.
 
-    .venv/bin/python benchmarks/kan_layer.py            # CPU, 2,048 tokens, d=576, float32
+    .venv/bin/python benchmarks/kan_layer.py            # CPU, 2,048 tokens, d=576, float32 (+ bf16 rows)
+    .venv/bin/python benchmarks/kan_layer.py --no-bf16  # float32 rows only
 
 Variants run interleaved (every round runs each variant in a shuffled order; the five headline
 variants run three times per round, spread over it) and the table reports medians of wall time and
 of process CPU time, so load from other processes affects all variants alike. Saved bytes are
 the activations autograd keeps for backward, measured with `torch.autograd.graph.saved_tensors_hooks`
 (unique storages, parameters excluded). Prints a markdown table.
+
+Rows marked "[bf16]" run the same module (float32 weights) under `torch.autocast("cpu", bfloat16)`, as
+`precision: bf16` trains: matmuls in bf16, the KAN bases in float32. Their "x SwiGLU" compares with the
+float32 SwiGLU; the lines under the table give each module's bf16/fp32 time ratio. On a CPU without
+native bf16 (no AVX512-BF16/AMX) the bf16 matmuls are emulated and these rows are slower, not faster.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kallm.kan import KANLinear, build_kan, kan_num_params, list_bases  # noqa: E402
+from kallm.precision import autocast, resolve_precision  # noqa: E402
 from naive_kan import NaiveChebyshevKAN  # noqa: E402
 
 
@@ -69,14 +76,16 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def make_step(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def make_step(module: nn.Module, x: torch.Tensor, compute: str = "fp32") -> Callable[[], None]:
     grad = torch.randn(x.shape[0], module(x).shape[-1])
 
     def step() -> None:
         x.grad = None
         for p in module.parameters():
             p.grad = None
-        module(x).backward(grad)
+        with autocast(compute, "cpu"):
+            y = module(x)
+        y.backward(grad.to(y.dtype))
 
     return step
 
@@ -91,6 +100,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=120.0,
                         help="stop starting new rounds after this many seconds (at least 2 timed rounds run)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false",
+                        help="leave out the bf16-autocast rows (SwiGLU, Linear, KANLinear)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,6 +120,11 @@ def main() -> None:
         f"two-layer KAN {two_layer}, h={h}": (build_kan(two_layer, d, d, h), d),
         "naive reference KAN (einsum, stored expansion), U_k degree 2": (NaiveChebyshevKAN(d, d, 2), d),
     }
+    bf16_rows = {}
+    if args.bf16:
+        for label in list(variants)[:3]:  # SwiGLU, the same-weights Linear, KANLinear
+            bf16_rows[f"{label} [bf16]"] = label
+            variants[f"{label} [bf16]"] = variants[label]
     names = [] if args.bases == "none" else list_bases() if args.bases == "all" else args.bases.split(",")
     for name in names:
         for degree in (2, 3):
@@ -118,9 +134,11 @@ def main() -> None:
     steps, saved, params = {}, {}, {}
     for label, (module, width_in) in variants.items():
         x = torch.randn(n, width_in, requires_grad=True)
-        saved[label] = saved_bytes(module, x)
+        compute = "bf16" if label in bf16_rows else "fp32"
+        with autocast(compute, "cpu"):
+            saved[label] = saved_bytes(module, x)
         params[label] = sum(p.numel() for p in module.parameters())
-        steps[label] = make_step(module, x)
+        steps[label] = make_step(module, x, compute)
     times: dict[str, list[float]] = {label: [] for label in variants}
     cpu: dict[str, list[float]] = {label: [] for label in variants}
     headline = list(variants)[:5]
@@ -145,8 +163,10 @@ def main() -> None:
     linear = list(variants)[1]
     naive = list(variants)[4]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, float32, "
-          f"{n} tokens, d={d}, {rounds} interleaved rounds (medians), load average {load:.1f}\n")
+    auto = resolve_precision("auto", "cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, float32"
+          f"{' and bf16 autocast' if bf16_rows else ''}, {n} tokens, d={d}, {rounds} interleaved rounds (medians), "
+          f"load average {load:.1f}; precision auto here: {auto.name} ({auto.reason})\n")
     print("| variant | params | fwd+bwd ms | x SwiGLU | x Linear | CPU ms | x SwiGLU (CPU) | saved MB |"
           " x SwiGLU saved | x naive saved |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -167,6 +187,12 @@ def main() -> None:
     print()
     for text, value, target in checks:
         print(f"- {text}: {value:.3f} {'PASS' if value <= target else 'FAIL'}")
+    for label, base in bf16_rows.items():
+        print(f"- {base}: bf16 / fp32 time {median[label] / median[base]:.2f} "
+              f"(CPU time {cpu_median[label] / cpu_median[base]:.2f}), saved bytes {saved[label] / saved[base]:.2f}")
+    if bf16_rows:
+        kan16, swi16 = f"{kan_label} [bf16]", f"{ref} [bf16]"
+        print(f"- KANLinear / SwiGLU, both bf16: {median[kan16] / median[swi16]:.3f}")
 
 
 if __name__ == "__main__":

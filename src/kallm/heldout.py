@@ -87,9 +87,11 @@ def _batches(examples: list[TokenizedExample], batch_size: int) -> list[list[Tok
 @torch.no_grad()
 def score_heldout(model: nn.Module, examples: list[TokenizedExample], *, name: str, pad_id: int,
                   layer_index: int = 0, cache: PrefixCache | None = None, batch_size: int = 8,
-                  chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None,
-                  progress: bool | None = None) -> HeldoutScore:
-    """Score `model` on `examples`; layers below `layer_index` come from `cache` when given (computed once)."""
+                  chunk_size: int = 1024, progress: bool | None = None) -> HeldoutScore:
+    """Score `model` on `examples`; layers below `layer_index` come from `cache` when given (computed once).
+
+    The arithmetic is the caller's: run it under a precision's autocast (kallm.precision) to score in bf16;
+    the log-softmax is float32 either way."""
     if not examples:
         raise KallmError(f"held-out set {name!r} is empty")
     if cache is not None and cache.layer_index != layer_index:
@@ -107,11 +109,9 @@ def score_heldout(model: nn.Module, examples: list[TokenizedExample], *, name: s
             if cache is not None and layer_index > 0:
                 cache.fill(model, batch)
                 states = cache.batch_states(batch, device)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                hidden = tail_hidden_states(model, batch["input_ids"].to(device),
-                                            batch["attention_mask"].to(device), layer_index, states)
-                sums, counts = per_sequence_nll(hidden, batch["labels"].to(device), head, chunk_size)
+            hidden = tail_hidden_states(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                        layer_index, states)
+            sums, counts = per_sequence_nll(hidden, batch["labels"].to(device), head, chunk_size)
             score.keys += [e.key for e in batch_examples]
             score.nll_sums += sums.tolist()
             score.n_tokens += counts.tolist()

@@ -45,3 +45,23 @@ def test_bad_input_is_one_line(model_dir, shared_data, capsys, extra, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kallm eval: error:") and message in err and "\n" not in err
+
+
+def test_precision_auto_follows_the_cpu_and_is_recorded(model_dir, shared_data, tmp_path, capsys, monkeypatch):
+    from kallm import precision
+
+    base = ["eval", str(model_dir), "--tasks", "navigate", "--mode", "mc", "--limit", "2",
+            "--data-dir", str(shared_data / "bbh")]
+    runs = {}
+    for name, caps, expected in (("xeon", {"amx_bf16": True}, "bf16"), ("epyc", {"avx2": True}, "fp32")):
+        monkeypatch.setattr(precision, "cpu_capabilities", lambda caps=caps: caps)
+        assert main([*base, "--out", str(tmp_path / name)]) == 0
+        scores = json.loads((tmp_path / name / "scores.json").read_text())
+        assert scores["precision"] == expected and f" s, {expected}" in capsys.readouterr().out
+        runs[expected] = [json.loads(line)["logprobs"]
+                          for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+    assert main([*base, "--precision", "fp32", "--out", str(tmp_path / "fp32")]) == 0
+    assert json.loads((tmp_path / "fp32" / "scores.json").read_text())["precision"] == "fp32"
+    # bf16 autocast really ran: the log-likelihoods move, a little.
+    flat16, flat32 = sum(runs["bf16"], []), sum(runs["fp32"], [])
+    assert flat16 != flat32 and max(abs(a - b) for a, b in zip(flat16, flat32)) < 0.5

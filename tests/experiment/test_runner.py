@@ -19,12 +19,14 @@ from kallm.errors import KallmError
 from kallm.experiment import load_config, parse_shard, plan_runs, run_experiment, shard_runs
 from kallm.experiment.results import finished_runs
 from kallm.io import read_jsonl
+from kallm.precision import resolve_precision
 from tests.training_helpers import write_chat_sample
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_config(tmp_path, tiny_base, chat_file, shared_data, **overrides) -> Path:
+def write_config(tmp_path, tiny_base, chat_file, shared_data, eval_precision: str | None = None,
+                 **overrides) -> Path:
     config = {
         "name": "tiny",
         "output_dir": str(tmp_path / "out"),
@@ -41,6 +43,8 @@ def write_config(tmp_path, tiny_base, chat_file, shared_data, **overrides) -> Pa
         "eval": {"data_dir": str(shared_data / "bbh"), "tasks": ["navigate", "boolean_expressions"],
                  "mode": "mc", "limit": 2, "batch_size": 4, "heldout_size": 6},
     }
+    if eval_precision is not None:
+        config["eval"]["precision"] = eval_precision
     config.update(overrides)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -111,14 +115,17 @@ def test_two_shards_then_rerun(tmp_path, tiny_base, chat_file, shared_data):
     assert 0.0 <= kan["scores"]["average"] <= 1.0
     assert (out / kan["train"]["metrics_path"]).is_file()
     assert (out / "runs" / "kan.seed0" / "retrofit" / "manifest.json").is_file()
+    here = resolve_precision("auto", "cpu")
+    assert kan["train"]["precision"] == here.name and kan["eval"]["precision"] == here.to_dict()
     baseline = next(r for r in records if r["run_id"] == "baseline")
     assert baseline["seed"] is None and "train" not in baseline and baseline["params"]["trainable"] == 0
 
 
 def test_prefix_cached_eval_equals_plain_eval(tmp_path, tiny_base, chat_file, shared_data):
     """Likelihood scores through the shared prefix cache equal those of the plain forward."""
+    # Both sides in float32 whatever `auto` is on the machine running this: the test is about the cache.
     path = write_config(tmp_path, tiny_base, chat_file, shared_data, seeds=[0],
-                        variants=[{"name": "kan", "spec": "kan:chebyshev2:2"}])
+                        variants=[{"name": "kan", "spec": "kan:chebyshev2:2"}], eval_precision="fp32")
     out = run_experiment(path, progress=False)
     cached = [json.loads(line) for line in (out / "runs/kan.seed0/eval/predictions.jsonl").read_text().splitlines()]
     from kallm.bbh import evaluate_bbh

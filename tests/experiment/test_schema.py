@@ -110,6 +110,9 @@ def test_experiment_level_checks(tmp_path):
         "eval: {mode: fastest}\n": r":5: eval: unknown BBH mode",
         "distill: {tokens: 3}\n": r":5: distill: distill\.tokens must be at least 16",
         "freeze: all\n": r":5: freeze: expected one of",
+        "eval: {precision: bf61}\n": r":5: eval\.precision: 'bf61' is not valid \(did you mean 'bf16'\?\); "
+                                    r"choose one of: auto, fp32, bf16",
+        "train: {precision: fp23}\n": r":5: train\.precision: 'fp23' is not valid \(did you mean 'fp32'\?\)",
     }
     for line, pattern in cases.items():
         with pytest.raises(ConfigError, match=pattern):

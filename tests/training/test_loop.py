@@ -173,9 +173,54 @@ def test_bf16_autocast_on_cpu_tracks_float32(smol_tokenizer, chat, tmp_path):
                        progress=False)
     bf16 = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat,
                        config.replace(precision="bf16"), tmp_path / "b", progress=False)
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
     assert bf16.final_train_loss != fp32.final_train_loss
     assert abs(bf16.final_train_loss - fp32.final_train_loss) < 0.05
     assert abs(bf16.final_eval_loss - fp32.final_eval_loss) < 0.05
+
+
+def test_auto_on_a_bf16_cpu_trains_in_bf16_and_resumes_exactly(smol_tokenizer, chat, tmp_path, monkeypatch):
+    from kallm import precision
+
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"avx512_bf16": True})  # as a Xeon reports it
+    config = BASE.replace(steps=4, save_every=2, eval_every=0, precision="auto", prefix_cache=True)
+    straight = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config,
+                           tmp_path / "straight", progress=False)
+    assert straight.precision == "bf16"
+    info = json.loads((tmp_path / "straight" / "run_info.json").read_text())
+    assert info["precision"] == {"name": "bf16", "requested": "auto", "reason": "CPU has avx512_bf16"}
+    fp32 = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat,
+                       config.replace(precision="fp32", steps=1, save_every=0), tmp_path / "fp32", progress=False)
+    a = step_losses(tmp_path / "straight" / "metrics.jsonl")
+    assert fp32.final_train_loss != a[1] and abs(fp32.final_train_loss - a[1]) < 0.05  # bf16 really ran
+    split = tmp_path / "split"
+    with pytest.raises(Interrupt):
+        train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, split, progress=False,
+                    callbacks=[StopAt(2)])
+    result = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, split,
+                         resume=True, progress=False)
+    b = step_losses(split / "metrics.jsonl")
+    assert sorted(b) == list(range(1, 5)) and all(abs(a[s] - b[s]) < 1e-6 for s in a)
+    assert abs(result.final_eval_loss - straight.final_eval_loss) < 1e-6
+    wa = load_file(tmp_path / "straight" / "checkpoints" / "step-00000004" / "trainable.safetensors")
+    wb = load_file(split / "checkpoints" / "step-00000004" / "trainable.safetensors")
+    assert all(wa[k].dtype == torch.float32 and torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_resuming_in_another_precision_is_said(smol_tokenizer, chat, tmp_path, monkeypatch, caplog):
+    from kallm import precision
+
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {})
+    config = BASE.replace(steps=3, save_every=1, eval_every=0, precision="auto")
+    with pytest.raises(Interrupt):
+        train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, tmp_path / "run",
+                    progress=False, callbacks=[StopAt(2)])
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"amx_bf16": True})
+    with caplog.at_level("WARNING", logger="kallm.training.loop"):
+        result = train_model(tiny_frozen_model(len(smol_tokenizer)), smol_tokenizer, chat, config, tmp_path / "run",
+                             resume=True, progress=False)
+    assert result.precision == "bf16"
+    assert "started in fp32 and resumes in bf16 (CPU has amx_bf16)" in caplog.text
 
 
 def test_existing_run_and_mismatched_resume_are_refused(smol_tokenizer, chat, tmp_path):

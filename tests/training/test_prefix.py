@@ -105,3 +105,25 @@ def test_prefix_cache_refuses_another_model(tmp_path):
         PrefixCache.load(path).check(other, 2)
     with pytest.raises(KallmError, match="another model prefix"):
         PrefixCache.load(path).check(make_tiny_model("llama", seed=0), 1)
+
+
+def test_prefix_cache_computes_in_its_precision_and_refuses_another(tmp_path):
+    model = make_tiny_model("llama")
+    batch = _batch()
+    real = batch["attention_mask"].bool()
+    path = tmp_path / "prefix-bf16.safetensors"
+    cache = PrefixCache.build(model, [batch], 2, path, dtype=torch.bfloat16, precision="bf16")
+    fp32 = PrefixCache.build(model, [batch], 2).batch_states(batch)
+    loaded = PrefixCache.load(path)
+    assert (loaded.precision, loaded.dtype) == ("bf16", torch.bfloat16)
+    got = loaded.batch_states(batch)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, cache.batch_states(batch))
+    # Computed under bf16 autocast (not float32 states rounded afterwards), and close to float32.
+    assert not torch.equal(got[real], fp32[real].bfloat16())
+    assert ((got[real].float() - fp32[real]).norm() / fp32[real].norm()) < 2e-2
+    with pytest.raises(KallmError, match="computed in bf16, this run computes in fp32"):
+        loaded.check(model, 2, "fp32")
+    with pytest.raises(KallmError, match="computed in bf16, this run computes in fp32"):
+        PrefixCache.build(model, [batch], 2, path, precision="fp32")
+    with pytest.raises(KallmError, match="'fp32' or 'bf16'"):
+        PrefixCache(2, "f", precision="auto")

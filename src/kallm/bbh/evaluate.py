@@ -17,6 +17,7 @@ from kallm.bbh.scoring import extract_answers, score_output
 from kallm.bbh.tasks import FREE_FORM, Task, load_tasks
 from kallm.errors import KallmError
 from kallm.io import write_json_atomic, write_text_atomic
+from kallm.precision import precision_in_effect
 from kallm.runinfo import run_info
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ def evaluate_bbh(
                      "chat_template": chat_info, "model": str(getattr(model, "name_or_path", "") or "")},
         "wall_time_s": round(wall, 3),
         "examples_per_s": round(len(records) / wall, 3) if wall > 0 else None,
+        "precision": precision_in_effect(model),  # the caller's autocast (kallm eval --precision) or weights
         "run_info": run_info(),
     }
     if out_dir is not None:

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from kallm.precision import PRECISIONS
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chat-template", action="store_true", help="wrap each prompt in the model's chat template")
     p.add_argument("--max-gen-toks", type=int, default=None, help="generation budget (default: lm-eval's)")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help="dtype the weights are loaded in (default float32)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="compute precision: bf16 autocast, fp32, or auto = bf16 where the CPU/GPU has native "
+                        "bf16 (AVX512-BF16, AMX, Ampere+), else fp32 (default auto)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: where the model loads)")
     p.add_argument("--allow-other-base", action="store_true",
                    help="load a retrofit onto a base model whose weights differ from the one it was trained on")
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from kallm.bbh.tasks import resolve_data_dir
     from kallm.io import check_output_dir
     from kallm.models import resolve_device, resolve_dtype
+    from kallm.precision import resolve_precision
 
     # Check the cheap things before loading a model.
     EvalSettings(mode=args.mode, limit=args.limit, batch_size=args.batch_size, chat_template=args.chat_template,
@@ -74,13 +80,17 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output_dir(args.out, "--out folder")
     model, tokenizer = _load(args.model, args.dtype, device, args.allow_other_base)
-    scores = evaluate_bbh(model, tokenizer, tasks=args.tasks, mode=args.mode, limit=args.limit,
-                          data_dir=args.data_dir, batch_size=args.batch_size, chat_template=args.chat_template,
-                          max_gen_toks=args.max_gen_toks, out_dir=args.out, progress=args.progress)
+    device = next(model.parameters()).device
+    precision = resolve_precision(args.precision, device)
+    log.info("evaluating in %s", precision)
+    with precision.autocast(device):
+        scores = evaluate_bbh(model, tokenizer, tasks=args.tasks, mode=args.mode, limit=args.limit,
+                              data_dir=args.data_dir, batch_size=args.batch_size, chat_template=args.chat_template,
+                              max_gen_toks=args.max_gen_toks, out_dir=args.out, progress=args.progress)
     print(format_table(scores))
     head = scores["headline_metric"]
     print(f"\n{scores['mode']}: {head} {scores['headline']:.4f} over {scores['counts']['tasks']} tasks, "
-          f"{scores['counts']['examples']} examples, {scores['wall_time_s']:.1f} s"
+          f"{scores['counts']['examples']} examples, {scores['wall_time_s']:.1f} s, {scores['precision']}"
           + (f"; wrote {args.out}" if args.out else ""))
     chat = scores["settings"]["chat_template"]
     if chat:

@@ -11,7 +11,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from kallm.training.config import PRECISIONS, TrainConfig
+from kallm.precision import PRECISIONS
+from kallm.training.config import TrainConfig
 
 _RUN_KEYS = {"model": "smollm2-135m-instruct", "layers": "last:5", "variant": "kan:chebyshev2:2", "freeze": "ffn",
              "data": "HuggingFaceTB/smol-smoltalk", "out": None, "resume": False}
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     evals = ""
     if result.initial_eval_loss is not None and result.final_eval_loss is not None:
         evals = f"; held-out loss {result.initial_eval_loss:.4f} -> {result.final_eval_loss:.4f}"
-    print(f"trained {result.steps} steps ({result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s){evals}; "
+    print(f"trained {result.steps} steps in {result.precision} ({result.tokens:,} tokens, "
+          f"{result.tokens_per_s:,.0f} tokens/s){evals}; "
           f"retrofit saved in {settings['out']}/retrofit")
     return 0

@@ -22,6 +22,7 @@ from kallm.errors import KallmError
 from kallm.experiment.schema import ExperimentConfig
 from kallm.heldout import HeldoutScore, carve_heldout, score_heldout
 from kallm.io import write_json_atomic
+from kallm.precision import Precision
 from kallm.training.prefix import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ class GridHeldout:
     """Held-out sets of one grid, with one frozen-prefix cache per (set, prefix layer), kept on disk."""
 
     def __init__(self, config: ExperimentConfig, cache_dir: Path, lock: Callable[[], AbstractContextManager],
-                 progress: bool | None = None) -> None:
+                 precision: Precision, progress: bool | None = None) -> None:
         self.config = config
+        self.precision = precision
         self.cache_dir = cache_dir
         self.lock = lock
         self.progress = progress
@@ -69,8 +71,10 @@ class GridHeldout:
             return None
         key = (name, layer_index)
         if key not in self._caches:
-            path = self.cache_dir / f"prefix-{name}-layer{layer_index}.safetensors"
-            self._caches[key] = PrefixCache.for_model(path, model, layer_index)
+            p = self.precision
+            suffix = "" if p.name == "fp32" else f"-{p.name}"  # bf16 states are kept apart from float32 ones
+            path = self.cache_dir / f"prefix-{name}-layer{layer_index}{suffix}.safetensors"
+            self._caches[key] = PrefixCache.for_model(path, model, layer_index, p.storage_dtype, p.name)
         return self._caches[key]
 
     def score(self, model: nn.Module, tokenizer, layer_index: int) -> dict[str, HeldoutScore]:
@@ -79,9 +83,11 @@ class GridHeldout:
         scores = {}
         for name, examples in self.examples().items():
             cache = self._cache(model, name, layer_index)
-            scores[name] = score_heldout(model, examples, name=name, pad_id=pad, layer_index=layer_index,
-                                         cache=cache, batch_size=self.config.eval.heldout_batch_size,
-                                         chunk_size=self.config.train.logits_chunk_size, progress=self.progress)
+            device = next(model.parameters()).device
+            with self.precision.autocast(device):
+                scores[name] = score_heldout(model, examples, name=name, pad_id=pad, layer_index=layer_index,
+                                             cache=cache, batch_size=self.config.eval.heldout_batch_size,
+                                             chunk_size=self.config.train.logits_chunk_size, progress=self.progress)
             if cache is not None and cache.dirty:
                 with self.lock():  # processes running one grid share cache/
                     cache.save(cache.path)

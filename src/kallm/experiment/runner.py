@@ -36,6 +36,7 @@ from kallm.heldout import HeldoutScore
 from kallm.io import read_json, remove_stale_temps, write_json_atomic
 from kallm.locks import Busy, held
 from kallm.models import load_model, model_source, resolve_device
+from kallm.precision import resolve_precision
 from kallm.progress import progress_bar
 from kallm.retrofitting import RetrofitReport, retrofit, save_retrofit
 from kallm.retrofitting.arch import find_decoder_layers
@@ -66,13 +67,16 @@ class GridRunner:
         self.out = out
         self.progress = progress
         self.device = resolve_device(config.device)
+        # Resolved once per grid: every run, cache and record of the grid uses the same arithmetic.
+        self.train_precision = resolve_precision(config.train.precision, self.device)
+        self.eval_precision = resolve_precision(config.eval.precision, self.device)
         self.cache_dir = out / "cache"
+        self.heldout = GridHeldout(config, self.cache_dir, self.cache_lock, self.eval_precision, progress)
         self._loaded: ConversationSet | None = None
         self._conversations: ConversationSet | None = None
         self._train_cache: PrefixCache | None = None
         self._eval_forwards: dict[int, CachedPrefixForward] = {}
         self._chance: dict[str, float] | None = None
-        self.heldout = GridHeldout(config, self.cache_dir, self.cache_lock, progress)
         self._distill_io: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------ shared inputs
@@ -101,22 +105,27 @@ class GridRunner:
     def train_prefix_cache(self, model: nn.Module, layer_index: int) -> PrefixCache:
         """One cache of training-data prefix states for the whole grid, kept on disk between runs."""
         if self._train_cache is None or self._train_cache.layer_index != layer_index:
-            path = self.cache_dir / f"prefix-train-layer{layer_index}.safetensors"
-            self._train_cache = PrefixCache.for_model(path, model, layer_index)
+            path = self._cache_file(f"prefix-train-layer{layer_index}")
+            p = self.train_precision
+            self._train_cache = PrefixCache.for_model(path, model, layer_index, p.storage_dtype, p.name)
         return self._train_cache
+
+    def _cache_file(self, stem: str) -> Path:
+        """A grid cache file of training-side states; a bf16 grid's are kept apart from float32 ones."""
+        suffix = "" if self.train_precision.name == "fp32" else f"-{self.train_precision.name}"
+        return self.cache_dir / f"{stem}{suffix}.safetensors"
 
     def save_train_cache(self) -> None:
         if self._train_cache is not None and len(self._train_cache):
             with self.cache_lock():
-                self._train_cache.save(self.cache_dir / f"prefix-train-layer{self._train_cache.layer_index}"
-                                                        ".safetensors")
+                self._train_cache.save(self._cache_file(f"prefix-train-layer{self._train_cache.layer_index}"))
 
     def distill_io(self, model: nn.Module, tokenizer) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """(input, output) pairs of the original FFNs, collected once per grid and kept on disk."""
         cfg = self.config.distill or DistillConfig()
         _, layers = find_decoder_layers(model)
         indices = parse_layer_spec(self.config.layers, len(layers))
-        path = self.cache_dir / f"distill-io-{cfg.tokens}-{'_'.join(map(str, indices))}.safetensors"
+        path = self._cache_file(f"distill-io-{cfg.tokens}-{'_'.join(map(str, indices))}")
         if self._distill_io is None and path.is_file():
             try:
                 self._distill_io = load_ffn_io(path)
@@ -127,7 +136,8 @@ class GridRunner:
             examples, _ = prepare_data(tokenizer, self.conversations(tokenizer), train_cfg, progress=False)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             batches = (collate(examples[i: i + 8], pad) for i in range(0, len(examples), 8))
-            self._distill_io = collect_ffn_io(model, batches, indices, cfg.tokens, progress=self.progress)
+            with self.train_precision.autocast(self.device):  # the FFNs as training will run them
+                self._distill_io = collect_ffn_io(model, batches, indices, cfg.tokens, progress=self.progress)
             with self.cache_lock():
                 save_ffn_io(self._distill_io, path)
         return self._distill_io
@@ -281,7 +291,7 @@ class GridRunner:
         model.eval()
         forward = self.eval_forward(model, report)
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self.eval_precision.autocast(self.device):
             scores = evaluate_bbh(model, tokenizer, tasks=ecfg.tasks, mode=ecfg.mode, limit=ecfg.limit,
                                   data_dir=self.config.bbh_data_dir(), batch_size=ecfg.batch_size,
                                   chat_template=ecfg.chat_template, max_gen_toks=ecfg.max_gen_toks,
@@ -293,6 +303,7 @@ class GridRunner:
         return {**summary, "eval": {"mode": ecfg.mode, "limit": ecfg.limit,
                                                             "chat_template": ecfg.chat_template,
                                                             "n_examples": scores["counts"]["examples"],
+                                                            "precision": self.eval_precision.to_dict(),
                                                             "wall_s": wall}}
 
 

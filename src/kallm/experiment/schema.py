@@ -29,6 +29,7 @@ from kallm.data.loading import source_in
 from kallm.errors import KallmError
 from kallm.experiment.validate import check_curriculum_steps, check_metric, check_tasks
 from kallm.models import check_device_name, model_in
+from kallm.precision import precision_problem
 from kallm.registry import Registry, unknown_name_message
 from kallm.retrofitting.curriculum import DegreeSchedule, check_schedule_for, start_variant, validate_schedule
 from kallm.retrofitting.distill import DistillConfig
@@ -66,6 +67,7 @@ class EvalConfig(EvalSettings):
     tasks: str | list[str] = "all"  # names, 'all', or groups
     metric: str | None = None  # headline metric; default: the evaluator's headline for the mode
     prefix_cache: bool = True  # mc: reuse the frozen prefix's states across variants and seeds
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; auto: bf16 where the device has native bf16)
     # Held-out NLL (the verdict): conversations carved from train.data with a fixed seed and never trained
     # on (0: none), plus files of conversations, each scored as a set of its own (named by its file name).
     heldout_size: int = 128
@@ -75,6 +77,8 @@ class EvalConfig(EvalSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if (problem := precision_problem(self.precision)) is not None:
+            raise FieldError("precision", problem)
         if isinstance(self.heldout_size, bool) or not isinstance(self.heldout_size, int) or self.heldout_size < 0:
             raise FieldError("heldout_size", f"must be an integer >= 0 (0: no held-out split), got {self.heldout_size!r}")
         if isinstance(self.heldout_batch_size, bool) or self.heldout_batch_size < 1:

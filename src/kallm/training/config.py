@@ -10,9 +10,8 @@ from typing import Any
 from kallm.config.mapping import FieldError
 from kallm.data.loading import ON_BAD_ROW
 from kallm.errors import KallmError
+from kallm.precision import precision_problem
 from kallm.training.tracking import tracker_names
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class TrainConfig:
     save_every: int = 100  # 0: only the final checkpoint
     keep_checkpoints: int = 2
     seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast where the GPU/CPU has native bf16, else fp32 (kallm.precision)
     logits_chunk_size: int = 1024
     prefix_cache: bool = False
     group_by_length: bool = True
@@ -78,8 +77,8 @@ class TrainConfig:
             isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1
         ):
             raise FieldError("val_fraction", f"must be in [0, 1) or null, got {self.val_fraction!r}")
-        if self.precision not in PRECISIONS:
-            raise FieldError("precision", f"{self.precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+        if (problem := precision_problem(self.precision)) is not None:
+            raise FieldError("precision", problem)
         if self.on_bad_row not in ON_BAD_ROW:
             raise FieldError("on_bad_row", f"{self.on_bad_row!r} is not valid; choose one of: {', '.join(ON_BAD_ROW)}")
         if not isinstance(self.prefix_cache, bool) or not isinstance(self.group_by_length, bool):
@@ -120,6 +119,7 @@ class TrainResult:
     trainable_params: int
     metrics_path: str
     out_dir: str = ""
+    precision: str = ""  # what the run computed in (fp32 | bf16), resolved from TrainConfig.precision
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

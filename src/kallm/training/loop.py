@@ -22,6 +22,7 @@ from torch import nn
 
 from kallm.data import BatchSchedule, ConversationSet, TokenizedExample, collate
 from kallm.io import read_json, write_json_atomic
+from kallm.precision import Precision, resolve_precision
 from kallm.progress import progress_bar
 from kallm.retrofitting.freeze import first_trainable_layer
 from kallm.training.callbacks import TrainCallback
@@ -43,24 +44,20 @@ from kallm.training.tracking import check_installed, flat_hparams, tracked_value
 log = logging.getLogger(__name__)
 
 
-def use_bf16(config: TrainConfig) -> bool:
-    return config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_available())
-
-
 def prefix_layer(model: nn.Module) -> int:
     """Decoder layers below this one are frozen (0: nothing can be skipped)."""
     k = first_trainable_layer(model)
     return 0 if k is None else k
 
 
-def make_prefix_cache(model: nn.Module, layer_index: int, config: TrainConfig,
-                      shared: PrefixCache | None) -> PrefixCache | None:
+def make_prefix_cache(model: nn.Module, layer_index: int, config: TrainConfig, shared: PrefixCache | None,
+                      precision: Precision) -> PrefixCache | None:
     if shared is not None:
-        shared.check(model, layer_index)
+        shared.check(model, layer_index, precision.name)
         return shared
     if not config.prefix_cache or layer_index == 0:
         return None
-    return PrefixCache(layer_index, prefix_fingerprint(model, layer_index))
+    return PrefixCache(layer_index, prefix_fingerprint(model, layer_index), precision.storage_dtype, precision.name)
 
 
 class TrainLoop:
@@ -91,7 +88,7 @@ class TrainLoop:
         self.device = self.accelerator.device
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
-        self.bf16 = use_bf16(config)
+        self.precision = resolve_precision(config.precision, self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     # ------------------------------------------------------------------ set-up
@@ -137,6 +134,7 @@ class TrainLoop:
             log.info("resuming %s from step %d", self.files.out, state.step)
         if self.is_main:
             if resume:
+                self._check_resumed_precision()
                 remove_partial(self.files.checkpoints)
                 self.metrics.truncate(state.step if latest else -1)
             else:
@@ -148,12 +146,23 @@ class TrainLoop:
 
         self.files.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.files.config, self.meta)
-        write_json_atomic(self.files.run_info, {**run_info(), "seed": self.config.seed, "processes": self.world})
+        write_json_atomic(self.files.run_info, {**run_info(), "seed": self.config.seed, "processes": self.world,
+                                                "precision": self.precision.to_dict()})
+
+    def _check_resumed_precision(self) -> None:
+        """A resumed run is exact only within one precision: say so when `auto` now resolves differently."""
+        if not self.files.run_info.is_file():
+            return
+        before = read_json(self.files.run_info, "run info").get("precision", {}).get("name")
+        if before is not None and before != self.precision.name:
+            log.warning("%s started in %s and resumes in %s (%s); the rest of the run will not match an "
+                        "uninterrupted one (pass precision=%s to keep it)", self.files.out, before,
+                        self.precision.name, self.precision.reason, before)
 
     def _bind_prefix(self) -> None:
         """(Re)build the loss module for the model's current first trainable layer, with its cache."""
         self.layer_index = prefix_layer(self.model)
-        self.cache = make_prefix_cache(self.model, self.layer_index, self.config, self.shared_cache)
+        self.cache = make_prefix_cache(self.model, self.layer_index, self.config, self.shared_cache, self.precision)
         self.step_loss = StepLoss(self.model, self.layer_index, self.config.logits_chunk_size)
         self.wrapped = self.accelerator.prepare(self.step_loss)
 
@@ -166,7 +175,7 @@ class TrainLoop:
         if self.cache is not None:
             self.cache.fill(self.model, batch)
             states = self.cache.batch_states(batch, self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with self.precision.autocast(self.device):
             loss_sum, n = module(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
                                  batch["labels"].to(self.device), states)
         return loss_sum, n, int(batch["attention_mask"].sum())
@@ -260,7 +269,7 @@ class TrainLoop:
             peak_memory_bytes=peak, memory_kind=kind, final_train_loss=state.last_loss,
             initial_eval_loss=state.initial_eval_loss, final_eval_loss=state.last_eval_loss,
             trainable_params=sum(p.numel() for _, p in trainable_named_params(self.model)),
-            metrics_path=str(self.files.metrics), out_dir=str(self.files.out),
+            metrics_path=str(self.files.metrics), out_dir=str(self.files.out), precision=self.precision.name,
         )
         self.close_trackers()
         if self.is_main:

@@ -22,6 +22,7 @@ from torch import nn
 
 from kallm.errors import KallmError
 from kallm.io import write_with_atomic
+from kallm.precision import autocast
 from kallm.progress import progress_bar
 from kallm.retrofitting.arch import find_decoder_layers
 
@@ -124,13 +125,19 @@ class PrefixCache:
 
     Entries are keyed by the conversation's token content (`example_key`), so a cache built once can be
     shared by several variants, seeds and epochs over the same data. `fingerprint` ties it to the model
-    prefix that produced it; a cache from another model or K is refused.
+    prefix that produced it; a cache from another model or K is refused. `precision` ('fp32' | 'bf16')
+    is the arithmetic the states are computed in (`fill` applies it), `dtype` the one they are stored in;
+    a run of another precision refuses the cache, so its trajectory does not depend on who built it.
     """
 
-    def __init__(self, layer_index: int, fingerprint: str, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, layer_index: int, fingerprint: str, dtype: torch.dtype = torch.float32,
+                 precision: str = "fp32") -> None:
         self.layer_index = layer_index
         self.fingerprint = fingerprint
         self.dtype = dtype
+        if precision not in ("fp32", "bf16"):
+            raise KallmError(f"prefix cache precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.precision = precision
         self._states: dict[str, torch.Tensor] = {}
         self._file = None  # lazily read safetensors handle of a loaded cache
         self._file_keys: set[str] = set()
@@ -158,12 +165,15 @@ class PrefixCache:
         self._states[key] = states.detach().to("cpu", self.dtype).contiguous()
         self.dirty = True
 
-    def check(self, model: nn.Module, layer_index: int) -> None:
+    def check(self, model: nn.Module, layer_index: int, precision: str | None = None) -> None:
         if layer_index != self.layer_index or prefix_fingerprint(model, layer_index) != self.fingerprint:
             raise KallmError(
                 f"prefix cache was built for another model prefix (layer {self.layer_index}, fingerprint "
                 f"{self.fingerprint}); rebuild it for layer {layer_index} of this model"
             )
+        if precision is not None and precision != self.precision:
+            raise KallmError(f"prefix cache states were computed in {self.precision}, this run computes in "
+                             f"{precision}; build the cache with precision={precision!r}")
 
     def fill(self, model: nn.Module, batch: dict) -> None:
         """Compute and store the entries of a collated batch that are not cached yet."""
@@ -174,9 +184,10 @@ class PrefixCache:
         mask = batch["attention_mask"][missing]
         width = int(mask.sum(1).max())
         device = next(model.parameters()).device
-        states = prefix_hidden_states(
-            model, batch["input_ids"][missing, :width].to(device), mask[:, :width].to(device), self.layer_index
-        )
+        with autocast(self.precision, device):
+            states = prefix_hidden_states(
+                model, batch["input_ids"][missing, :width].to(device), mask[:, :width].to(device), self.layer_index
+            )
         for row, i in enumerate(missing):
             self.add(keys[i], states[row, : int(mask[row].sum())])
 
@@ -191,7 +202,8 @@ class PrefixCache:
 
     @classmethod
     def build(cls, model: nn.Module, batches: Iterable[dict], layer_index: int, path: str | Path | None = None,
-              *, dtype: torch.dtype = torch.float32, progress: bool | None = None) -> PrefixCache:
+              *, dtype: torch.dtype = torch.float32, precision: str = "fp32",
+              progress: bool | None = None) -> PrefixCache:
         """Compute the states of every conversation in `batches` (collated, with `cache_keys`).
 
         With `path`, an existing cache file of the same fingerprint is reused (and extended), and the
@@ -202,8 +214,8 @@ class PrefixCache:
         fingerprint = prefix_fingerprint(model, layer_index)
         cache = cls.load_or_none(path) if path is not None else None
         if cache is None:
-            cache = cls(layer_index, fingerprint, dtype)
-        cache.check(model, layer_index)
+            cache = cls(layer_index, fingerprint, dtype, precision)
+        cache.check(model, layer_index, precision)
         for batch in progress_bar(batches, progress=progress, desc="prefix cache", unit="batch"):
             cache.fill(model, batch)
         if path is not None:
@@ -215,7 +227,8 @@ class PrefixCache:
         from safetensors.torch import save_file
 
         tensors = {k: self.get(k) for k in sorted(self._states.keys() | self._file_keys)}
-        meta = {"layer_index": str(self.layer_index), "fingerprint": self.fingerprint, "dtype": str(self.dtype)}
+        meta = {"layer_index": str(self.layer_index), "fingerprint": self.fingerprint, "dtype": str(self.dtype),
+                "precision": self.precision}
         write_with_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         self.path, self.dirty = Path(path), False
 
@@ -231,13 +244,15 @@ class PrefixCache:
             return None
 
     @classmethod
-    def for_model(cls, path: str | Path, model: nn.Module, layer_index: int) -> PrefixCache:
-        """The cache kept at `path` if it was built on this model's prefix (and is readable), else a new one
-        that will be saved there: one cache file per grid, shared by every run."""
+    def for_model(cls, path: str | Path, model: nn.Module, layer_index: int, dtype: torch.dtype = torch.float32,
+                  precision: str = "fp32") -> PrefixCache:
+        """The cache kept at `path` if it was built on this model's prefix in this precision (and is readable),
+        else a new one that will be saved there: one cache file per grid, shared by every run."""
         fingerprint = prefix_fingerprint(model, layer_index)
         cache = cls.load_or_none(path)
-        if cache is None or cache.fingerprint != fingerprint or cache.layer_index != layer_index:
-            cache = cls(layer_index, fingerprint)
+        if cache is None or (cache.fingerprint, cache.layer_index, cache.precision) != (fingerprint, layer_index,
+                                                                                         precision):
+            cache = cls(layer_index, fingerprint, dtype, precision)
         cache.path = Path(path)
         return cache
 
@@ -256,7 +271,7 @@ class PrefixCache:
         dtype = getattr(torch, meta.get("dtype", "").replace("torch.", ""), None)
         if "fingerprint" not in meta or not meta.get("layer_index", "").isdigit() or not isinstance(dtype, torch.dtype):
             raise KallmError(f"{path} is not a kallm prefix cache (its metadata lacks fingerprint, layer or dtype)")
-        cache = cls(int(meta["layer_index"]), meta["fingerprint"], dtype)
+        cache = cls(int(meta["layer_index"]), meta["fingerprint"], dtype, meta.get("precision", "fp32"))
         cache._file = handle
         cache._file_keys = set(handle.keys())
         cache.path = path

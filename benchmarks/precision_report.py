@@ -1,0 +1,24 @@
+"""Printing shared by the precision benchmarks (train_precision.py, bbh_precision.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int = 2) -> None:
+    """A markdown table; columns from `numeric_from` on are right-aligned."""
+    print("| " + " | ".join(header) + " |")
+    print("| " + " | ".join("---:" if i >= numeric_from else "---" for i in range(len(header))) + " |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def print_resolutions(rows: Sequence[dict]) -> None:
+    """One line per arm: what it computed in, and why (`resolve_precision`'s reason)."""
+    print()
+    for r in rows:
+        print(f"- {r['arm']}: {r['computes_in']} ({r['reason']})")
+
+
+def verdict(text: str, value: float, ok: bool, note: str = "") -> None:
+    print(f"- {text}: {value:.2f} {'PASS' if ok else 'FAIL'}{note}")
