@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kallm.bbh import evaluate_bbh
-from kallm.data import ConversationSet, collate, load_conversations
+from kallm.data import ConversationSet, TextSet, collate, load_training_data
 from kallm.errors import KallmError
 from kallm.experiment.eval_cache import CachedPrefixForward
 from kallm.experiment.plan import PlannedRun
@@ -58,7 +58,7 @@ class GridRunner:
         self.progress = progress
         self.device = resolve_device(config.device)
         self.cache_dir = out / "cache"
-        self._conversations: ConversationSet | None = None
+        self._conversations: ConversationSet | TextSet | None = None
         self._train_cache: PrefixCache | None = None
         self._eval_forward: CachedPrefixForward | None = None
         self._distill_io: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -68,10 +68,10 @@ class GridRunner:
     def load_base(self):
         return load_model(self.config.model, dtype=self.config.dtype, device=self.device)
 
-    def conversations(self) -> ConversationSet:
+    def conversations(self) -> ConversationSet | TextSet:
         if self._conversations is None:
             train = self.config.train
-            self._conversations = load_conversations(train.data, on_bad_row=train.on_bad_row,
+            self._conversations = load_training_data(train.data, on_bad_row=train.on_bad_row,
                                                      max_conversations=train.max_conversations)
         return self._conversations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kallm.data import DEFAULT_DATASET, load_conversations
+from kallm.data import DEFAULT_DATASET, load_training_data
 from kallm.models import load_model, model_source
 from kallm.retrofitting import VariantSpec, retrofit, save_retrofit
 from kallm.retrofitting.variant import as_variant
@@ -44,7 +44,7 @@ def train(
     run_meta = {"model": model_source(model), "layers": layers, "variant": str(spec), "freeze": freeze,
                 "data": recorded}
     check_out_dir(files, {"train": config.to_dict(), "run": run_meta}, resume)  # before any loading
-    conversations = load_conversations(sources, on_bad_row=config.on_bad_row,
+    conversations = load_training_data(sources, on_bad_row=config.on_bad_row,
                                        max_conversations=config.max_conversations)
     net, tokenizer = load_model(model)
     retrofit(net, layers=layers, variant=spec, freeze=freeze, seed=config.seed)

@@ -9,6 +9,8 @@ from typing import Any
 
 from kallm.config.mapping import FieldError
 from kallm.data.loading import ON_BAD_ROW
+from kallm.errors import KallmError
+from kallm.training.objective import KD_POSITIONS, KDPositions, LossSpec, as_loss_spec
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -40,6 +42,9 @@ class TrainConfig:
     group_by_length: bool = True
     max_conversations: int | None = None
     on_bad_row: str = "skip"
+    loss: LossSpec = LossSpec()  # ce | kd | ce+kd | ... (kallm.training.objective)
+    kd_temperature: float = 1.0
+    kd_positions: KDPositions = "assistant"  # or "all": every position of every conversation
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False, allow_none: bool = False) -> None:
@@ -80,9 +85,22 @@ class TrainConfig:
             raise FieldError("on_bad_row", f"{self.on_bad_row!r} is not valid; choose one of: {', '.join(ON_BAD_ROW)}")
         if not isinstance(self.prefix_cache, bool) or not isinstance(self.group_by_length, bool):
             raise FieldError("prefix_cache", "prefix_cache and group_by_length must be true or false")
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        try:
+            object.__setattr__(self, "loss", as_loss_spec(self.loss))  # Python callers may pass the text
+        except KallmError as exc:
+            raise FieldError("loss", str(exc)) from None
+        if not (isinstance(self.kd_temperature, (int, float)) and math.isfinite(self.kd_temperature)
+                and self.kd_temperature > 0):
+            raise FieldError("kd_temperature", f"must be a positive number, got {self.kd_temperature!r}")
+        if self.kd_positions not in KD_POSITIONS:
+            raise FieldError("kd_positions", f"{self.kd_positions!r} is not valid; choose one of: "
+                                             f"{', '.join(KD_POSITIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "loss": str(self.loss)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train", lines: Any = None) -> TrainConfig:
