@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kallm.bbh import evaluate_bbh
-from kallm.data import ConversationSet, TextSet, collate, load_training_data
+from kallm.data import ConversationSet, TextSet, load_training_data, token_batches
 from kallm.errors import KallmError
 from kallm.experiment.eval_cache import CachedPrefixForward
 from kallm.experiment.plan import PlannedRun
@@ -28,7 +28,7 @@ from kallm.experiment.schema import EvalConfig, ExperimentConfig
 from kallm.io import read_json, write_json_atomic
 from kallm.models import load_model, model_source, resolve_device
 from kallm.progress import progress_bar
-from kallm.retrofitting import RetrofitReport, retrofit, save_retrofit
+from kallm.retrofitting import RetrofitReport, retrofit, retrofit_report, save_retrofit
 from kallm.retrofitting.arch import find_decoder_layers
 from kallm.retrofitting.curriculum import DegreeCurriculum
 from kallm.retrofitting.distill import (
@@ -43,10 +43,12 @@ from kallm.retrofitting.layers import parse_layer_spec
 from kallm.retrofitting.surgery import refresh_report
 from kallm.runinfo import run_info
 from kallm.training import train_model
+from kallm.training.blockfit import sequential_distill
 from kallm.training.checkpoint import latest_checkpoint
 from kallm.training.examples import prepare_data
 from kallm.training.prefix import PrefixCache, prefix_fingerprint
 from kallm.training.state import RunFiles
+from kallm.training.teacher import build_teacher
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +101,18 @@ class GridRunner:
         if self._distill_io is None and path.is_file():
             self._distill_io = load_ffn_io(path)
         if self._distill_io is None:
-            train_cfg = self.config.train.train_config(self.config.seeds[0])
-            examples, _ = prepare_data(tokenizer, self.conversations(), train_cfg, progress=False)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            batches = (collate(examples[i: i + 8], pad) for i in range(0, len(examples), 8))
-            self._distill_io = collect_ffn_io(model, batches, indices, cfg.tokens, progress=self.progress)
+            self._distill_io = collect_ffn_io(model, self.distill_batches(tokenizer), indices, cfg.tokens,
+                                              progress=self.progress)
             save_ffn_io(self._distill_io, path)
         return self._distill_io
+
+    def distill_batches(self, tokenizer) -> list[dict]:
+        """The training conversations distillation fits on (the first `distill.tokens` tokens of the split)."""
+        cfg = self.config.distill or DistillConfig()
+        train_cfg = self.config.train.train_config(self.config.seeds[0])
+        examples, _ = prepare_data(tokenizer, self.conversations(), train_cfg, progress=False)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return token_batches(examples, pad, cfg.tokens)
 
     def eval_forward(self, model: nn.Module, report: RetrofitReport) -> CachedPrefixForward | None:
         """The shared prefix-cached forward for likelihood evaluation, when it is valid."""
@@ -155,12 +162,20 @@ class GridRunner:
         return record
 
     def _distill(self, run: PlannedRun, model: nn.Module, io, run_dir: Path) -> dict[str, Any] | None:
-        """Fit the new FFNs to the recorded activations (once per run), or read the earlier fit's record."""
+        """Fit the new FFNs (once per run): to the recorded activations (`io`, layerwise) or bottom-up on
+        the retrofit's own states (`io` is then the batches, sequential); or read the earlier fit's record."""
         distill_file = run_dir / "distill.json"
         if io is None:
             return read_json(distill_file, "distillation record") if distill_file.is_file() else None
-        fits = distill_retrofit(model, io, self.config.distill or DistillConfig(), seed=int(run.seed),
-                                progress=self.progress)
+        cfg = self.config.distill or DistillConfig()
+        if cfg.mode == "sequential":
+            k = min(retrofit_report(model).layer_indices)
+            cache = self.train_prefix_cache(model, k) if self.config.train.prefix_cache else None
+            fits = sequential_distill(model, build_teacher(model), io, cfg, target=cfg.target, seed=int(run.seed),
+                                      cache=cache, progress=self.progress)
+            self.save_train_cache()
+        else:
+            fits = distill_retrofit(model, io, cfg, seed=int(run.seed), progress=self.progress)
         record = {"fvu": {str(f.layer): f.fvu for f in fits}, "layers": fits_to_dict(fits)}
         write_json_atomic(distill_file, record)
         return record
@@ -170,9 +185,12 @@ class GridRunner:
         files = RunFiles(run_dir / "train")
         resuming = files.config.is_file()
         has_checkpoint = latest_checkpoint(files.checkpoints) is not None
-        io = self.distill_io(model, tokenizer) if v.init == "distill" and not has_checkpoint else None
+        fresh_distill = v.init == "distill" and not has_checkpoint
+        sequential = (self.config.distill or DistillConfig()).mode == "sequential"
+        io = self.distill_io(model, tokenizer) if fresh_distill and not sequential else None
         report = retrofit(model, layers=self.config.layers, variant=run.build_spec, freeze=self.config.freeze,
                           seed=seed)
+        io = self.distill_batches(tokenizer) if fresh_distill and sequential else io
         distill_record = self._distill(run, model, io, run_dir)
         tcfg = self.config.train.train_config(seed)
         k = report.first_trainable_layer
