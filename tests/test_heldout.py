@@ -61,11 +61,14 @@ def test_the_shared_prefix_gives_the_same_scores(examples, smol_tokenizer):
     assert HeldoutScore.from_dict(cached.to_dict()) == cached
 
 
-def test_carving_is_fixed_and_disjoint(shared_data, tmp_path):
+def test_carving_is_fixed_disjoint_and_keeps_only_scorable_conversations(shared_data, smol_tokenizer, tmp_path):
     chat = load_conversations(write_chat_sample(shared_data, tmp_path / "c.jsonl", n=20))
-    held, rest = carve_heldout(chat, 6, seed=0)
-    held_again, _ = carve_heldout(chat, 6, seed=0)
-    assert len(held) == 6 and len(rest) == 14 and held.locations == held_again.locations
-    assert not set(held.locations) & set(rest.locations)
+    held, rest = carve_heldout(chat, 6, smol_tokenizer, max_length=96, seed=0)
+    again, _ = carve_heldout(chat, 6, smol_tokenizer, max_length=96, seed=0)
+    assert len(held) == 6 and [e.key for e in held] == [e.key for e in again]
+    assert len(rest) == 14 and not {chat.locations[e.index] for e in held} & set(rest.locations)
+    assert all(e.num_labels > 0 for e in held)  # every held-out conversation has tokens to score
+    with pytest.raises(KallmError, match=r"keep an assistant token within 96 tokens; lower eval.heldout_size"):
+        carve_heldout(chat, 19, smol_tokenizer, max_length=96, seed=0)
     with pytest.raises(KallmError, match="empty"):
         score_heldout(make_tiny_model("llama"), [], name="none", pad_id=0)

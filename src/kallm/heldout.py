@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from kallm.data import ConversationSet, TokenizedExample, collate, split_indices
+from kallm.data import ChatTokenizer, ConversationSet, TokenizedExample, collate
 from kallm.errors import KallmError
 from kallm.progress import progress_bar
 from kallm.training.loss import check_lm_head, per_sequence_nll
@@ -56,12 +57,25 @@ class HeldoutScore:
                    [int(n) for n in data["n_tokens"]])
 
 
-def carve_heldout(data: ConversationSet, size: int, seed: int = 0) -> tuple[ConversationSet, ConversationSet]:
-    """(held-out, rest): `size` conversations drawn by a fixed seed, the same for every run of a grid."""
+def carve_heldout(data: ConversationSet, size: int, tokenizer, max_length: int,
+                  seed: int = 0) -> tuple[list[TokenizedExample], ConversationSet]:
+    """(held-out examples, the rest of the data): `size` conversations that keep an assistant token within
+    `max_length`, drawn in a fixed order (seed), so every run of a grid is scored on the same ones."""
     if size <= 0:
-        return ConversationSet([], [], [], data.source), data
-    rest, held = split_indices(len(data), val_size=size, seed=seed)
-    return data.subset(held), data.subset(rest)
+        return [], data
+    chat = ChatTokenizer(tokenizer, max_length)
+    held: list[TokenizedExample] = []
+    for i in np.random.default_rng(seed).permutation(len(data)).tolist():
+        if len(held) == size:
+            break
+        example = chat(data.conversations[i], index=i)
+        if example is not None:
+            held.append(example)
+    if len(held) < size:
+        raise KallmError(f"only {len(held)} of {len(data)} conversations keep an assistant token within "
+                         f"{max_length} tokens; lower eval.heldout_size ({size}) or raise train.max_length")
+    taken = {e.index for e in held}
+    return held, data.subset([i for i in range(len(data)) if i not in taken])
 
 
 def _batches(examples: list[TokenizedExample], batch_size: int) -> list[list[TokenizedExample]]:

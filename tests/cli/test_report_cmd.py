@@ -11,7 +11,7 @@ def test_report_command_writes_report_and_plots(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "report.md")
     text = (tmp_path / "report.md").read_text()
-    assert list(table_rows(text, "variant")) == ["baseline", "linear-restart", "kan-cheb2"]
+    assert list(table_rows(text, "variant | spec | accuracy")) == ["baseline", "linear-restart", "kan-cheb2"]
     assert (tmp_path / "plots" / "accuracy_vs_params.png").is_file()
 
 

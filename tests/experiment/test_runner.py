@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -51,7 +52,7 @@ def write_config(tmp_path, tiny_base, chat_file, shared_data, **overrides) -> Pa
         "train": {"data": str(chat_file), "steps": 4, "batch_size": 2, "max_length": 96, "eval_every": 2,
                   "eval_batches": 1, "val_size": 4, "save_every": 1, "prefix_cache": True},
         "eval": {"data_dir": str(shared_data / "bbh"), "tasks": ["navigate", "boolean_expressions"],
-                 "mode": "mc", "limit": 2, "batch_size": 4},
+                 "mode": "mc", "limit": 2, "batch_size": 4, "heldout_size": 6},
     }
     config.update(overrides)
     path = tmp_path / "config.yaml"
@@ -72,6 +73,39 @@ def test_plan_and_shards_cover_the_grid_exactly_once(tmp_path):
     for bad in ("0/2", "3/2", "x", "1/0"):
         with pytest.raises(KallmError, match="shard"):
             parse_shard(bad)
+
+
+def test_every_run_is_scored_on_the_same_heldout_conversations(tmp_path, tiny_base, chat_file, shared_data):
+    extra = tmp_path / "extra.jsonl"
+    write_chat_sample(shared_data, extra, n=3)
+    path = write_config(tmp_path, tiny_base, chat_file, shared_data, seeds=[0],
+                        eval={"data_dir": str(shared_data / "bbh"), "tasks": ["navigate"], "mode": "mc", "limit": 1,
+                              "heldout_size": 6, "heldout": [str(extra)]})
+    out = run_experiment(path, progress=False)
+    records = {r["run_id"]: r for r in read_jsonl(out / "results.jsonl")}
+    assert set(records) == {"baseline", "linear-restart.seed0", "kan.seed0"}
+    keys = None
+    for run_id, record in records.items():
+        held = record["heldout"]
+        assert held["set"] == "heldout" and held["n_conversations"] == 6 and held["n_tokens"] > 0
+        assert held["ppl"] == pytest.approx(math.exp(held["nll"]))
+        assert held["sets"]["extra"]["n_conversations"] == 3
+        saved = json.loads((out / "runs" / run_id / "heldout.json").read_text())
+        assert keys is None or saved["final"]["heldout"]["keys"] == keys
+        keys = saved["final"]["heldout"]["keys"]
+        trained = run_id != "baseline"
+        assert (record["heldout_init"] is not None) == trained and ("init" in saved) == trained
+    # No run trains on a held-out conversation.
+    from transformers import AutoTokenizer
+
+    from kallm.data import load_conversations
+    from kallm.experiment.runner import GridRunner
+
+    runner = GridRunner(load_config(path), out)
+    trained_on = runner.conversations(AutoTokenizer.from_pretrained(tiny_base))
+    everything = load_conversations(chat_file)
+    held_out = {everything.locations[e.index] for e in runner.heldout.examples()["heldout"]}
+    assert len(held_out) == 6 and len(trained_on) == 34 and not held_out & set(trained_on.locations)
 
 
 def test_two_shards_then_rerun(tmp_path, tiny_base, chat_file, shared_data):
@@ -133,7 +167,7 @@ def test_a_variant_is_parsed_from_text_once_per_run(tmp_path, tiny_base, chat_fi
     variants = [{"name": "baseline", "spec": "baseline"}, {"name": "kan", "spec": "kan:chebyshev2:2"},
                 {"name": "matched", "spec": "linear", "budget": "same-as kan"}]
     path = write_config(tmp_path, tiny_base, chat_file, shared_data, seeds=[0], variants=variants,
-                        train={"data": str(chat_file), "steps": 1, "batch_size": 2, "max_length": 64,
+                        train={"data": str(chat_file), "steps": 1, "batch_size": 2, "max_length": 96,
                                "eval_every": 0, "val_size": 2, "eval_batches": 1, "save_every": 1})
     out = run_experiment(path, progress=False)
     assert calls == {"variant": 3, "kan": 1}

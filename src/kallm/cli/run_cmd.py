@@ -22,12 +22,12 @@ def run(args: argparse.Namespace) -> int:
     result = run_experiment(args.config, shard=args.shard, dry_run=args.dry_run, force=args.force,
                             progress=args.progress)
     if args.dry_run:
-        header = f"{'run':<28} {'spec':<48} {'init':<8} {'trainable':>12} {'total':>13}"
+        header = f"{'run':<28} {'spec':<48} {'init':<8} {'width':>6} {'trainable':>12} {'total':>13}"
         print(header)
         print("-" * len(header))
         for row in result:
             print(f"{row['run_id']:<28} {row['spec']:<48} {str(row['init'] or '-'):<8} "
-                  f"{row['trainable']:>12,} {row['total']:>13,}")
+                  f"{str(row['hidden_width'] or '-'):>6} {row['trainable']:>12,} {row['total']:>13,}")
         print(f"\n{len(result)} runs")
         return 0
     print(f"results: {result / 'results.jsonl'}")

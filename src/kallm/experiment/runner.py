@@ -18,13 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from kallm.bbh import evaluate_bbh
+from kallm.bbh import evaluate_bbh, load_tasks
+from kallm.bbh.chance import chance_levels
 from kallm.data import ConversationSet, TextSet, load_training_data, token_batches
 from kallm.errors import KallmError
 from kallm.experiment.eval_cache import CachedPrefixForward
+from kallm.experiment.heldout import GridHeldout, heldout_record, write_scores
 from kallm.experiment.plan import PlannedRun
 from kallm.experiment.results import record_result
 from kallm.experiment.schema import EvalConfig, ExperimentConfig
+from kallm.heldout import HeldoutScore
 from kallm.io import read_json, write_json_atomic
 from kallm.models import load_model, model_source, resolve_device
 from kallm.progress import progress_bar
@@ -62,7 +65,9 @@ class GridRunner:
         self.cache_dir = out / "cache"
         self._conversations: ConversationSet | TextSet | None = None
         self._train_cache: PrefixCache | None = None
-        self._eval_forward: CachedPrefixForward | None = None
+        self._eval_forwards: dict[int, CachedPrefixForward] = {}
+        self._chance: dict[str, float] | None = None
+        self.heldout = GridHeldout(config, self.cache_dir, progress)
         self._distill_io: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------ shared inputs
@@ -70,11 +75,20 @@ class GridRunner:
     def load_base(self):
         return load_model(self.config.model, dtype=self.config.dtype, device=self.device)
 
-    def conversations(self) -> ConversationSet | TextSet:
+    def conversations(self, tokenizer) -> ConversationSet | TextSet:
+        """The training data, without the held-out conversations every run is scored on."""
         if self._conversations is None:
             train = self.config.train
-            self._conversations = load_training_data(train.data, on_bad_row=train.on_bad_row,
-                                                     max_conversations=train.max_conversations)
+            data = load_training_data(train.data, on_bad_row=train.on_bad_row,
+                                      max_conversations=train.max_conversations)
+            if isinstance(data, TextSet):  # plain text (for loss: kd) has no assistant turns to carve from
+                if self.config.eval.heldout_size:
+                    raise KallmError("train.data is plain text: set eval.heldout_size: 0 and score on chat files "
+                                     "given in eval.heldout")
+                self.heldout.split_training_data(ConversationSet([], [], [], data.source), tokenizer)
+                self._conversations = data
+            else:
+                self._conversations = self.heldout.split_training_data(data, tokenizer)
         return self._conversations
 
     def train_prefix_cache(self, model: nn.Module, layer_index: int) -> PrefixCache:
@@ -110,24 +124,31 @@ class GridRunner:
         """The training conversations distillation fits on (the first `distill.tokens` tokens of the split)."""
         cfg = self.config.distill or DistillConfig()
         train_cfg = self.config.train.train_config(self.config.seeds[0])
-        examples, _ = prepare_data(tokenizer, self.conversations(), train_cfg, progress=False)
+        examples, _ = prepare_data(tokenizer, self.conversations(tokenizer), train_cfg, progress=False)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return token_batches(examples, pad, cfg.tokens)
 
     def eval_forward(self, model: nn.Module, report: RetrofitReport) -> CachedPrefixForward | None:
         """The shared prefix-cached forward for likelihood evaluation, when it is valid."""
         ecfg = self.config.eval
-        first = min(report.layer_indices)
-        if ecfg.mode != "mc" or not ecfg.prefix_cache or first < 1:
+        k = report.unchanged_prefix
+        if ecfg.mode != "mc" or not ecfg.prefix_cache or k < 1:
             return None
-        trained = report.first_trainable_layer
-        if trained is None and report.trainable_params > 0:
-            return None  # something below the layers (embeddings) trains: no shared prefix
-        if trained is not None and trained < first:
-            return None
-        if self._eval_forward is None:
-            self._eval_forward = CachedPrefixForward(first)
-        return self._eval_forward.bind(model)
+        if k not in self._eval_forwards:
+            self._eval_forwards[k] = CachedPrefixForward(k)
+        return self._eval_forwards[k].bind(model)
+
+    def score_heldout(self, model: nn.Module, tokenizer, report: RetrofitReport):
+        """Every held-out set scored on the model as it is now (the grid's shared prefix computed once)."""
+        self.conversations(tokenizer)  # the held-out sets are carved from the training data
+        return self.heldout.score(model, tokenizer, report.unchanged_prefix)
+
+    def chance_levels(self) -> dict[str, float]:
+        """Each evaluated task's chance accuracy (read once per grid from the tasks' answer sets)."""
+        if self._chance is None:
+            ecfg = self.config.eval
+            self._chance = chance_levels(load_tasks(ecfg.tasks, ecfg.data_dir, ecfg.limit))
+        return self._chance
 
     # ------------------------------------------------------------ one run
 
@@ -144,11 +165,16 @@ class GridRunner:
         record: dict[str, Any] = {"run_id": run.run_id, "variant": v.name, "spec": str(run.spec),
                                   "kind": run.spec.kind, "init": v.init, "seed": run.seed,
                                   "same_as": v.same_as, "curriculum": v.curriculum}
+        scores: dict = {}
         if not v.trained:
             report = retrofit(model, layers=self.config.layers, variant=run.spec, freeze=self.config.freeze)
         else:
-            report, record["distill"], record["train"] = self._train(run, model, tokenizer, run_dir)
+            report, record["distill"], record["train"] = self._train(run, model, tokenizer, run_dir, scores)
             save_retrofit(model, run_dir / "retrofit", base_model=model_source(self.config.model), overwrite=True)
+        scores["final"] = self.score_heldout(model, tokenizer, report)
+        write_scores(run_dir, scores)
+        record["heldout"] = heldout_record(scores["final"])
+        record["heldout_init"] = heldout_record(scores.get("init", {}))
         record["params"] = {"total": report.total_params,
                             "trainable": report.trainable_params if v.trained else 0,
                             "replaced_old": report.replaced_old_params, "replaced_new": report.replaced_new_params,
@@ -168,6 +194,7 @@ class GridRunner:
         if io is None:
             return read_json(distill_file, "distillation record") if distill_file.is_file() else None
         cfg = self.config.distill or DistillConfig()
+        start = time.perf_counter()
         if cfg.mode == "sequential":
             k = min(retrofit_report(model).layer_indices)
             cache = self.train_prefix_cache(model, k) if self.config.train.prefix_cache else None
@@ -176,11 +203,25 @@ class GridRunner:
             self.save_train_cache()
         else:
             fits = distill_retrofit(model, io, cfg, seed=int(run.seed), progress=self.progress)
-        record = {"fvu": {str(f.layer): f.fvu for f in fits}, "layers": fits_to_dict(fits)}
+        record = {"fvu": {str(f.layer): f.fvu for f in fits}, "layers": fits_to_dict(fits), "mode": cfg.mode,
+                  "target": cfg.target, "wall_s": time.perf_counter() - start}
         write_json_atomic(distill_file, record)
         return record
 
-    def _train(self, run: PlannedRun, model: nn.Module, tokenizer, run_dir: Path):
+    def _initial_scores(self, model: nn.Module, tokenizer, report: RetrofitReport, run_dir: Path,
+                        has_checkpoint: bool) -> dict:
+        """Held-out scores right after initialisation: computed before training, read back on resume."""
+        if not self.config.eval.heldout_before_training:
+            return {}
+        path = run_dir / "heldout.json"
+        if has_checkpoint:
+            saved = read_json(path, "held-out scores") if path.is_file() else {}
+            return {name: HeldoutScore.from_dict(d) for name, d in saved.get("init", {}).items()}
+        init = self.score_heldout(model, tokenizer, report)
+        write_scores(run_dir, {"init": init})
+        return init
+
+    def _train(self, run: PlannedRun, model: nn.Module, tokenizer, run_dir: Path, scores: dict):
         v, seed = run.variant, int(run.seed)
         files = RunFiles(run_dir / "train")
         resuming = files.config.is_file()
@@ -192,13 +233,14 @@ class GridRunner:
                           seed=seed)
         io = self.distill_batches(tokenizer) if fresh_distill and sequential else io
         distill_record = self._distill(run, model, io, run_dir)
+        scores["init"] = self._initial_scores(model, tokenizer, report, run_dir, has_checkpoint)
         tcfg = self.config.train.train_config(seed)
         k = report.first_trainable_layer
         shared = self.train_prefix_cache(model, k) if tcfg.prefix_cache and k else None
         callbacks = [DegreeCurriculum(v.curriculum)] if v.curriculum else []
         meta = {"experiment": self.config.name, "run_id": run.run_id, "variant": str(report.variant),
                 "layers": self.config.layers, "freeze": self.config.freeze, "init": v.init}
-        result = train_model(model, tokenizer, self.conversations(), tcfg, files.out, resume=resuming,
+        result = train_model(model, tokenizer, self.conversations(tokenizer), tcfg, files.out, resume=resuming,
                              progress=self.progress, callbacks=callbacks, prefix_cache=shared, run_meta=meta)
         self.save_train_cache()
         if v.curriculum:  # the modules now have the final degree; the manifest must say so
@@ -220,7 +262,10 @@ class GridRunner:
                                   chat_template=ecfg.chat_template, max_gen_toks=ecfg.max_gen_toks,
                                   progress=self.progress, out_dir=eval_dir, forward_fn=forward)
         wall = time.perf_counter() - t0
-        return {**summarise_scores(scores, ecfg), "eval": {"mode": ecfg.mode, "limit": ecfg.limit,
+        summary = summarise_scores(scores, ecfg)
+        summary["scores"]["chance"] = self.chance_levels()
+        summary["scores"]["n"] = {task: row["n"] for task, row in scores["tasks"].items()}
+        return {**summary, "eval": {"mode": ecfg.mode, "limit": ecfg.limit,
                                                             "chat_template": ecfg.chat_template,
                                                             "n_examples": scores["counts"]["examples"],
                                                             "wall_s": wall}}

@@ -60,6 +60,24 @@ class EvalConfig(EvalSettings):
     tasks: str | list[str] = "all"  # names, 'all', or groups
     metric: str | None = None  # headline metric; default: the evaluator's headline for the mode
     prefix_cache: bool = True  # mc: reuse the frozen prefix's states across variants and seeds
+    # Held-out NLL (the verdict): conversations carved from train.data with a fixed seed and never trained
+    # on (0: none), plus files of conversations, each scored as a set of its own (named by its file name).
+    heldout_size: int = 128
+    heldout: list[str] = field(default_factory=list)
+    heldout_batch_size: int = 8
+    heldout_before_training: bool = True  # also score each trained run right after its initialisation
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.heldout_size, bool) or not isinstance(self.heldout_size, int) or self.heldout_size < 0:
+            raise FieldError("heldout_size", f"must be an integer >= 0 (0: no held-out split), got {self.heldout_size!r}")
+        if isinstance(self.heldout_batch_size, bool) or self.heldout_batch_size < 1:
+            raise FieldError("heldout_batch_size", f"must be an integer >= 1, got {self.heldout_batch_size!r}")
+        names = [Path(p).stem for p in self.heldout]
+        for i, name in enumerate(names):
+            if name in names[:i] or name == "heldout":
+                raise FieldError(f"heldout[{i}]", f"held-out sets are named by file name: {name!r} is taken "
+                                                  f"({'the default set' if name == 'heldout' else 'by another file'})")
 
 
 @dataclass

@@ -8,12 +8,14 @@ Modules: `records` (reading and per-variant summaries), `stats` (mean ± std, pa
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kallm.errors import KallmError
 from kallm.io import read_json, write_text_atomic
-from kallm.report import plots, tables
+from kallm.report import heldout, plots, tables, verdict
+from kallm.report.heldout import HeldoutComparison
 from kallm.report.records import (
     RESULTS_FILE,
     VariantSummary,
@@ -30,7 +32,7 @@ REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 N_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
-PLOT_NAMES = ("accuracy_vs_params", "per_task", "paired_differences", "loss_curves")
+PLOT_NAMES = ("heldout_vs_params", "accuracy_vs_params", "per_task", "paired_differences", "loss_curves")
 
 __all__ = ["write_report", "comparisons", "load_results", "summarise"]
 
@@ -87,13 +89,35 @@ def _provenance(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _save_plots(run_dir: Path, plot_dir: Path, summaries: list[VariantSummary],
-                comps: list[PairedComparison]) -> dict[str, Path]:
+@dataclass
+class _Analysis:
+    """Everything the report says, computed once from the results and the runs' held-out files."""
+
+    summaries: list[VariantSummary]
+    comps: list[PairedComparison]
+    original: VariantSummary | None
+    final: list[HeldoutComparison]
+    pairs: list[HeldoutComparison]
+    bbh: verdict.BBHSummary
+
+
+def _analyse(run_dir: Path, records: list[dict[str, Any]]) -> _Analysis:
+    summaries = summarise(records)
+    return _Analysis(summaries, comparisons(summaries), heldout.original_of(summaries),
+                     heldout.versus_original(run_dir, summaries), heldout.pairwise(run_dir, summaries),
+                     verdict.bbh_summary(summaries))
+
+
+def _save_plots(run_dir: Path, plot_dir: Path, a: _Analysis) -> dict[str, Path]:
+    tests = list(a.bbh.tests.values())
+    chance = tests[0].chance if tests else None
+    per_task_chance = next((s.first("scores.chance") for s in a.summaries if s.first("scores.chance")), None)
     figures = {
-        "accuracy_vs_params": plots.accuracy_vs_params_figure(summaries),
-        "per_task": plots.per_task_figure(summaries),
-        "paired_differences": plots.comparison_figure(comps),
-        "loss_curves": plots.loss_curves_figure(run_dir, summaries),
+        "heldout_vs_params": plots.heldout_vs_params_figure(a.summaries),
+        "accuracy_vs_params": plots.accuracy_vs_params_figure(a.summaries, chance),
+        "per_task": plots.per_task_figure(a.summaries, per_task_chance),
+        "paired_differences": plots.comparison_figure(a.comps),
+        "loss_curves": plots.loss_curves_figure(run_dir, a.summaries),
     }
     saved = {}
     for name, fig in figures.items():
@@ -105,6 +129,47 @@ def _save_plots(run_dir: Path, plot_dir: Path, summaries: list[VariantSummary],
     return saved
 
 
+def _heldout_section(a: _Analysis, image) -> list[str]:
+    md = ["## Held-out quality", "",
+          "Mean NLL per assistant token on the held-out conversations (never trained on); Δ is the difference "
+          "from the original model, gap the same in percent of the original's NLL, retained the original's NLL "
+          "over the variant's (1 = as good as the original), right after initialisation and after training. "
+          + verdict.INTERVAL_NOTE, "",
+          verdict.heldout_table(a.summaries, a.final, a.original), ""]
+    md += image("heldout_vs_params", "held-out NLL vs trainable parameters")
+    if a.pairs:
+        md += ["### Fair comparisons", "", "Each KAN against its parameter-matched linear control (the model's own "
+               "MLP class narrowed to the KAN's parameter count) and against the full-size linear restart; "
+               "negative Δ means the KAN is better.", "", verdict.pairwise_table(a.pairs), ""]
+    return md
+
+
+def _bbh_section(a: _Analysis, image) -> list[str]:
+    ref = reference_variant(a.summaries)
+    md = ["## BIG-Bench Hard", ""]
+    if a.bbh.detectable is not None:
+        md += [f"Chance is each task's mean over examples of 1 / (number of answers), macro-averaged; p is a "
+               f"two-sided test of the macro accuracy against it (normal approximation). With "
+               f"{a.bbh.n_examples} examples per run, two variants would have to differ by about "
+               f"{100 * a.bbh.detectable:.0f} points to be told apart (α = 0.05, power 0.8, worst case p = 0.5).",
+               "", verdict.bbh_table(a.summaries, a.bbh), ""]
+    md += ["### Cost", "", tables.main_table(a.summaries), ""]
+    md += image("accuracy_vs_params", "accuracy vs trainable parameters")
+    if a.comps and ref is not None:
+        md += [f"Paired comparison with `{ref.name}` (spec `{ref.spec}`) on matched (seed, task) pairs: the mean "
+               f"difference of task accuracies (points) and a 95% percentile bootstrap interval over pairs "
+               f"({N_RESAMPLES:,} resamples, rng seed {BOOTSTRAP_SEED}); pairs from one seed share a model, so "
+               "the interval is optimistic when there are few seeds.", "", tables.comparison_table(a.comps), ""]
+        md += image("paired_differences", "paired differences")
+    else:
+        md += ["No comparison: there is no linear-restart or baseline variant with per-task scores to compare "
+               "with.", ""]
+    md += ["### Per task", "", "Mean accuracy (%) over each variant's runs.", "",
+           tables.per_task_table(a.summaries), ""]
+    md += image("per_task", "accuracy per task")
+    return md
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of experiment folder `run_dir` (default `run_dir/report.md`); return its path.
 
@@ -113,48 +178,25 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     records = load_results(run_dir)
     out = Path(out) if out is not None else run_dir / REPORT_FILE
-    summaries = summarise(records)
-    comps = comparisons(summaries)
-    saved = _save_plots(run_dir, out.parent / PLOTS_DIR, summaries, comps)
+    a = _analyse(run_dir, records)
+    saved = _save_plots(run_dir, out.parent / PLOTS_DIR, a)
 
     def image(name: str, alt: str) -> list[str]:
         return [f"![{alt}]({PLOTS_DIR}/{saved[name].name})", ""] if name in saved else []
 
-    metric = ", ".join(sorted({s.metric for s in summaries if s.metric})) or tables.DASH
-    ref = reference_variant(summaries)
-    title = run_dir.resolve().name
-    md: list[str] = [f"# Experiment report: {title}", ""]
-    md += [f"Generated by `kallm report` from `{RESULTS_FILE}` ({len(records)} runs, "
-           f"{len(summaries)} variants). Accuracy is the macro average over BBH tasks of `{metric}`, "
-           "in percent; ± is the sample standard deviation over seeds, (n) the number of runs. "
-           f"{tables.DASH} means not recorded or not applicable.", ""]
+    md: list[str] = [f"# Experiment report: {run_dir.resolve().name}", ""]
+    md += [f"Generated by `kallm report` from `{RESULTS_FILE}` ({len(records)} runs, {len(a.summaries)} variants) "
+           f"and each run's `{heldout.HELDOUT_FILE}`. ± is the sample standard deviation over seeds, (n) the "
+           f"number of runs; {tables.DASH} means not recorded or not applicable.", ""]
+    md += ["## Verdict", "", verdict.verdict_paragraph(a.final, a.pairs, a.original, a.bbh), ""]
     notes = _notes(run_dir)
     if notes:
         md += ["## Notes", "", notes, ""]
-    md += ["## Results", "", tables.main_table(summaries), ""]
-    md += image("accuracy_vs_params", "accuracy vs trainable parameters")
-    md += ["## Paired comparison", ""]
-    if comps and ref is not None:
-        md += [f"Each variant is compared with `{ref.name}` (spec `{ref.spec}`) on matched (seed, task) pairs: "
-               "the difference of task accuracies for the same seed and task (a run without a seed, such as "
-               "the baseline, is matched to every seed). The table gives the mean difference in accuracy "
-               f"points and a 95% percentile bootstrap interval: the pairs are resampled with replacement "
-               f"{N_RESAMPLES:,} times (numpy, rng seed {BOOTSTRAP_SEED}) and the 2.5th and 97.5th "
-               "percentiles of the resampled means are reported. Pairs from one seed share a model, so "
-               "the interval is optimistic when there are few seeds.", "",
-               tables.comparison_table(comps), ""]
-        md += image("paired_differences", "paired differences")
-    else:
-        md += ["No comparison: there is no linear-restart or baseline variant with per-task scores "
-               "to compare with.", ""]
-    md += ["## Per task", "", "Mean accuracy (%) over each variant's runs.", "", tables.per_task_table(summaries), ""]
-    md += image("per_task", "accuracy per task")
-    training = tables.training_table(summaries)
+    md += _heldout_section(a, image) + _bbh_section(a, image)
+    training = tables.training_table(a.summaries)
     if training or "loss_curves" in saved:
-        md += ["## Training", ""]
-        md += [training, ""] if training else []
-        md += image("loss_curves", "training and held-out loss")
-    distill = tables.distill_table(summaries)
+        md += ["## Training", ""] + ([training, ""] if training else []) + image("loss_curves", "training losses")
+    distill = tables.distill_table(a.summaries)
     if distill:
         md += ["## Distillation", "", distill, ""]
     md += ["## Provenance", "", _provenance(records), ""]

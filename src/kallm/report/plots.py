@@ -40,13 +40,11 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def accuracy_vs_params_figure(summaries: list[VariantSummary]) -> Figure | None:
-    """Mean accuracy (error bar: std over seeds) against trainable parameters.
-
-    A variant with no trainable parameters (the baseline) is a dashed horizontal line, since it
-    has no place on a parameter axis.
-    """
-    points = [(s, number(s.first("params.trainable")), *s.accuracy) for s in summaries]
+def _value_vs_params(summaries: list[VariantSummary], values: dict[str, tuple[float | None, float | None, int]],
+                     scale: float) -> Figure | None:
+    """A value (error bar: std over seeds) against trainable parameters; a variant with none (the
+    untouched model) is a dashed horizontal line, since it has no place on a parameter axis."""
+    points = [(s, number(s.first("params.trainable")), *values[s.name]) for s in summaries]
     points = [p for p in points if p[2] is not None]
     if not any(p[1] for p in points):
         return None
@@ -56,21 +54,44 @@ def accuracy_vs_params_figure(summaries: list[VariantSummary]) -> Figure | None:
     for s, trainable, mean, std, n in points:
         label = f"{s.name} (n={n})"
         if not trainable:
-            ax.axhline(100 * mean, color=colors[s.name], linestyle="--", label=label)
+            ax.axhline(scale * mean, color=colors[s.name], linestyle="--", label=label)
             continue
-        ax.errorbar([trainable / 1e6], [100 * mean], yerr=[100 * (std or 0.0)], fmt="o", capsize=4,
+        ax.errorbar([trainable / 1e6], [scale * mean], yerr=[scale * (std or 0.0)], fmt="o", capsize=4,
                     color=colors[s.name], label=label)
-        ax.annotate(s.name, (trainable / 1e6, 100 * mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(s.name, (trainable / 1e6, scale * mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("trainable parameters (millions)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def accuracy_vs_params_figure(summaries: list[VariantSummary], chance: float | None = None) -> Figure | None:
+    """Mean BBH accuracy against trainable parameters, with the macro chance level as a dotted line."""
+    fig = _value_vs_params(summaries, {s.name: s.accuracy for s in summaries}, 100)
+    if fig is None:
+        return None
+    ax = fig.axes[0]
+    if chance is not None:
+        ax.axhline(100 * chance, color="black", linestyle=":", label=f"chance ({100 * chance:.1f}%)")
     ax.set_ylabel("BBH accuracy (%)")
     ax.set_title("Accuracy vs trainable parameters (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
 
 
-def per_task_figure(summaries: list[VariantSummary]) -> Figure | None:
-    """Horizontal grouped bars: one group per task, one bar per variant (error bar: std)."""
+def heldout_vs_params_figure(summaries: list[VariantSummary]) -> Figure | None:
+    """Held-out NLL against trainable parameters (lower is better), the original model as a line."""
+    fig = _value_vs_params(summaries, {s.name: s.heldout() for s in summaries}, 1)
+    if fig is None:
+        return None
+    ax = fig.axes[0]
+    ax.set_ylabel("held-out NLL (nats per assistant token)")
+    ax.set_title("Held-out NLL vs trainable parameters (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def per_task_figure(summaries: list[VariantSummary], chance: dict[str, float] | None = None) -> Figure | None:
+    """Horizontal grouped bars: one group per task, one bar per variant (error bar: std); chance as a mark."""
     tasks = all_tasks(summaries)
     if not tasks:
         return None
@@ -90,6 +111,10 @@ def per_task_figure(summaries: list[VariantSummary]) -> Figure | None:
             errs.append(100 * (std or 0.0))
         ax.barh(ys, means, height=height, xerr=errs, color=colors[s.name], label=s.name,
                 error_kw={"elinewidth": 0.8, "capsize": 1.5})
+    if chance:
+        known = [(t, chance[task]) for t, task in enumerate(tasks) if task in chance]
+        ax.vlines([100 * p for _, p in known], [t - 0.45 for t, _ in known], [t + 0.45 for t, _ in known],
+                  colors="black", linestyles=":", label="chance")
     ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
     ax.set_ylim(len(tasks) - 0.5, -0.5)  # first task on top, no empty margin
     ax.set_xlabel("accuracy (%)")

@@ -82,6 +82,16 @@ class VariantSummary:
             return None
 
     @property
+    def same_as(self) -> str | None:
+        """The variant this one was sized to (a parameter-matched control), if any."""
+        value = self.first("same_as")
+        return str(value) if value else None
+
+    def heldout(self, stage: str = "heldout") -> tuple[float | None, float | None, int]:
+        """(mean, std, n) over runs of the held-out NLL (`heldout` after training, `heldout_init` before)."""
+        return mean_std(self.numbers(f"{stage}.nll"))
+
+    @property
     def metric(self) -> str | None:
         metrics = {r.get("metric") for r in self.records if r.get("metric")}
         return ", ".join(sorted(metrics)) if metrics else None

@@ -48,6 +48,18 @@ class RetrofitReport:
     hidden_width: int | None = None  # a sized FFN's width: a stacked KAN's hidden, a linear control's MLP
 
     @property
+    def unchanged_prefix(self) -> int:
+        """Decoder layers below this index are exactly the original model's (0: nothing can be shared).
+
+        Every run of a grid retrofits the same layers, so below this index they all compute the same
+        hidden states: evaluations compute them once per grid and run only the rest per model.
+        """
+        first = min(self.layer_indices)
+        if self.first_trainable_layer is None:
+            return 0 if self.trainable_params > 0 else first  # something before the layers trains
+        return min(first, self.first_trainable_layer)
+
+    @property
     def new_params_per_layer(self) -> int:
         """The replacement FFN's parameter count (the same in every replaced layer of a uniform model)."""
         return self.replaced_new_params // max(1, len(self.layer_indices))
