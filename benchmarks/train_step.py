@@ -7,6 +7,9 @@ interleaved repetitions (medians reported):
   plain         model(input_ids, labels=labels): all 30 blocks, float32 logits at every position, backward
   kallm         frozen prefix without autograd, logits/CE only at labelled positions (chunked), backward
   kallm+cache   as kallm, but the prefix's hidden states come from a PrefixCache built once beforehand
+  kd+cache      as kallm+cache with train.loss kd: KL from the original model (its tail on the same prefix
+                states) over the full vocabulary at the labelled positions, chunked
+  kd-all+cache  the same at every position
 Each step includes the AdamW update. Memory is the step's peak above the memory held before it:
 CUDA max allocated on GPU; on CPU a sampling thread reads the process RSS (glibc is told to return
 large buffers to the OS at once so RSS follows tensor lifetimes).
@@ -33,7 +36,10 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CHAT = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "chat" / "hh_helpful.jsonl"
 VARIANTS = ("kan:chebyshev2:2", "linear")
-MODES = ("plain", "kallm", "kallm+cache")
+MODES = ("plain", "kallm", "kallm+cache", "kd+cache", "kd-all+cache")
+# Distillation from the original model (train.loss: kd): KL over the full vocabulary at assistant positions,
+# or at every position; the teacher runs its own tail on the same cached prefix states.
+KD_MODES = {"kd+cache": "assistant", "kd-all+cache": "all"}
 
 
 class PeakMemory:
@@ -111,8 +117,10 @@ def main() -> None:
 
     from kallm.training.config import TrainConfig
     from kallm.training.loss import StepLoss
+    from kallm.training.objective import LossSpec, ObjectiveLoss, kd_row_mask
     from kallm.training.optim import build_optimizer
     from kallm.training.prefix import PrefixCache
+    from kallm.training.teacher import build_teacher
 
     setups = {}
     for variant in VARIANTS:
@@ -127,12 +135,18 @@ def main() -> None:
         states = cache.batch_states(batch, device)
         optimizer = build_optimizer(model, TrainConfig())
         step_loss = StepLoss(model, k, args.chunk)
+        teacher = build_teacher(model)
+        kd = {mode: ObjectiveLoss(model, teacher, k, LossSpec.from_text("kd"), positions, 1.0, args.chunk)
+              for mode, positions in KD_MODES.items()}
         setups[variant] = dict(model=model, ids=ids, mask=mask, labels=labels, states=states, opt=optimizer,
-                               step_loss=step_loss, cache_s=cache_s, k=k)
+                               step_loss=step_loss, cache_s=cache_s, k=k, kd=kd)
 
     def step(s: dict, mode: str) -> float:
         if mode == "plain":
             loss = s["model"](input_ids=s["ids"], attention_mask=s["mask"], labels=s["labels"]).loss
+        elif mode in KD_MODES:
+            rows = int(kd_row_mask(s["mask"], s["labels"], KD_MODES[mode]).sum())
+            loss, _ = s["kd"][mode](s["ids"], s["mask"], s["labels"], s["states"], scales={"kd": 1.0 / rows})
         else:
             loss_sum, n = s["step_loss"](s["ids"], s["mask"], s["labels"], s["states"] if mode == "kallm+cache" else None)
             loss = loss_sum / n
@@ -166,21 +180,26 @@ def main() -> None:
     for variant in VARIANTS:
         base_t = statistics.median(times[(variant, "plain")])
         base_m = statistics.median(mems[(variant, "plain")])
+        ce_t = statistics.median(times[(variant, "kallm+cache")])  # the CE step the KD steps are set against
+        ce_m = statistics.median(mems[(variant, "kallm+cache")])
         for mode in MODES:
             t = statistics.median(times[(variant, mode)])
             m = statistics.median(mems[(variant, mode)])
             rows.append({"variant": variant, "mode": mode, "step_s": t, "tokens_per_s": tokens / t,
                          "speedup": base_t / t, "peak_mem_mb": m / 2**20, "mem_ratio": m / base_m if base_m else None,
+                         "time_vs_ce": t / ce_t, "mem_vs_ce": m / ce_m if ce_m else None,
                          "times": times[(variant, mode)]})
     print(f"\n{args.batch}x{args.length} tokens of {CHAT.name} ({labelled / tokens:.0%} of positions labelled), "
           f"last:5, freeze=ffn, {device}, median of {args.reps}; prefix cache built once in "
           f"{setups[VARIANTS[0]]['cache_s']:.2f} s\n")
-    print("| variant | step | s/step | tokens/s | speed-up | peak step memory (MB) | memory vs plain |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| variant | step | s/step | tokens/s | speed-up | peak step memory (MB) | memory vs plain "
+          "| time vs CE step | memory vs CE step |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         ratio = f"{r['mem_ratio']:.2f}x" if r["mem_ratio"] is not None else "-"
+        ce_ratio = f"{r['mem_vs_ce']:.2f}x" if r["mem_vs_ce"] is not None else "-"
         print(f"| {r['variant']} | {r['mode']} | {r['step_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['speedup']:.2f}x "
-              f"| {r['peak_mem_mb']:,.0f} | {ratio} |")
+              f"| {r['peak_mem_mb']:,.0f} | {ratio} | {r['time_vs_ce']:.2f}x | {ce_ratio} |")
     for variant in VARIANTS:
         drift = abs(losses[(variant, "plain")] - losses[(variant, "kallm")])
         print(f"{variant}: last losses plain {losses[(variant, 'plain')]:.4f}, kallm {losses[(variant, 'kallm')]:.4f}, "
