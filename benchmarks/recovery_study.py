@@ -48,7 +48,8 @@ class Recipe:
     init: str = "sequential"  # random | layerwise | sequential
     target: str = "block"  # sequential distillation's target
     freeze: str = "ffn"
-    train: dict = field(default_factory=dict)  # TrainConfig overrides of DEMO_TRAIN
+    fit_tokens: int = 8192  # distill.tokens (the demo's)
+    train: dict = field(default_factory=dict)  # TrainConfig overrides of DEMO_TRAIN; steps 0: init only
 
 
 RECIPES: dict[str, Recipe] = {
@@ -65,6 +66,10 @@ RECIPES: dict[str, Recipe] = {
     "seq-block+kd-lr4e-3": Recipe(train={"loss": "kd", "lr": 4e-3}),
     "seq-block+kd-blocks": Recipe(freeze="blocks", train={"loss": "kd"}),
     "linear-matched:seq-block+kd": Recipe(variant=MATCHED_LINEAR, train={"loss": "kd"}),
+    # init only (no recovery): what the fit alone buys
+    "seq-block-16k": Recipe(fit_tokens=16384, train={"steps": 0}),
+    "seq-block-32k": Recipe(fit_tokens=32768, train={"steps": 0}),
+    "cheb2:4 seq-block-32k": Recipe(variant="kan:chebyshev2:4", fit_tokens=32768, train={"steps": 0}),
     "linear-matched:random+ce": Recipe(variant=MATCHED_LINEAR, init="random", train={"loss": "ce"}),
 }
 
@@ -120,7 +125,7 @@ def _init(study: Study, model, recipe: Recipe, seed: int, layer: int) -> dict:
 
     if recipe.init == "random":
         return {"wall_s": 0.0}
-    cfg = DistillConfig(tokens=8192, mode="sequential" if recipe.init == "sequential" else "layerwise",
+    cfg = DistillConfig(tokens=recipe.fit_tokens, mode="sequential" if recipe.init == "sequential" else "layerwise",
                         target=recipe.target if recipe.init == "sequential" else "ffn")
     examples, _ = prepare_data(study.tokenizer, study.train_data, TrainConfig(**_train_settings(recipe, seed)))
     batches = token_batches(examples, study.pad, cfg.tokens)
@@ -150,15 +155,18 @@ def run_one(study: Study, name: str, recipe: Recipe, seed: int) -> dict:
     layer = min(report.layer_indices)
     init = _init(study, model, recipe, seed, layer)
     at_init = study.score(model, layer)
-    config = TrainConfig(**_train_settings(recipe, seed))
-    k = report.first_trainable_layer
-    result = train_model(model, study.tokenizer, study.train_data, config, study.out / "runs" / f"{name}.{seed}",
-                         progress=False, prefix_cache=study.cache(model, "train", k))
-    after = study.score(model, layer)
+    settings = _train_settings(recipe, seed)
+    trained = {"train_s": 0.0, "tokens": 0, "tokens_per_s": 0.0}
+    if settings["steps"]:
+        k = report.first_trainable_layer
+        result = train_model(model, study.tokenizer, study.train_data, TrainConfig(**settings),
+                             study.out / "runs" / f"{name}.{seed}", progress=False,
+                             prefix_cache=study.cache(model, "train", k))
+        trained = {"train_s": result.wall_s, "tokens": result.tokens, "tokens_per_s": result.tokens_per_s}
+    after = study.score(model, layer) if settings["steps"] else at_init
     study.save_caches()
     return {"recipe": name, "seed": seed, **asdict(recipe), "new_params": report.replaced_new_params,
-            "init": init, "train_s": result.wall_s, "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
-            "at_init": at_init.to_dict(), "after": after.to_dict()}
+            "init": init, **trained, "at_init": at_init.to_dict(), "after": after.to_dict()}
 
 
 def _runs(records: list[dict], which: str):
