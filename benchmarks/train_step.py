@@ -1,16 +1,16 @@
 """One training step of kallm vs a plain Hugging Face step, side by side, on the embedded SmolLM2.
 
     .venv/bin/python benchmarks/train_step.py [--reps 5] [--batch 4] [--length 512] [--json out.json]
-        [--precisions fp32,auto] [--variants kan:chebyshev2:2,linear] [--modes plain,kallm,kallm+cache]
 
-For each variant (KAN chebyshev2:2 and the linear restart, both on `last:5`, freeze=ffn) and each
-precision (`fp32`, `auto` = what `precision: auto` resolves to on this machine, `bf16` = forced bf16
-autocast) it times, in interleaved repetitions (medians reported):
-  plain         model(input_ids, labels=labels): all 30 blocks, logits at every position, backward
+For each variant (KAN chebyshev2:2 and the linear restart, both on `last:5`, freeze=ffn) it times, in
+interleaved repetitions (medians reported):
+  plain         model(input_ids, labels=labels): all 30 blocks, float32 logits at every position, backward
   kallm         frozen prefix without autograd, logits/CE only at labelled positions (chunked), backward
   kallm+cache   as kallm, but the prefix's hidden states come from a PrefixCache built once beforehand
-                (in the arm's precision, stored as `precision` stores them)
-Each step includes the AdamW update (float32 master weights in every precision). Memory is the step's peak above the memory held before it:
+  kd+cache      as kallm+cache with train.loss kd: KL from the original model (its tail on the same prefix
+                states) over the full vocabulary at the labelled positions, chunked
+  kd-all+cache  the same at every position
+Each step includes the AdamW update. Memory is the step's peak above the memory held before it:
 CUDA max allocated on GPU; on CPU a sampling thread reads the process RSS (glibc is told to return
 large buffers to the OS at once so RSS follows tensor lifetimes).
 """
@@ -36,7 +36,10 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CHAT = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "chat" / "hh_helpful.jsonl"
 VARIANTS = ("kan:chebyshev2:2", "linear")
-MODES = ("plain", "kallm", "kallm+cache")
+MODES = ("plain", "kallm", "kallm+cache", "kd+cache", "kd-all+cache")
+# Distillation from the original model (train.loss: kd): KL over the full vocabulary at assistant positions,
+# or at every position; the teacher runs its own tail on the same cached prefix states.
+KD_MODES = {"kd+cache": "assistant", "kd-all+cache": "all"}
 
 
 class PeakMemory:
@@ -103,116 +106,107 @@ def build(variant: str):
     return model, tokenizer, report
 
 
-def parse_args() -> argparse.Namespace:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--chunk", type=int, default=1024, help="logits_chunk_size of the kallm step")
-    parser.add_argument("--precisions", default="fp32,auto", help="comma-separated: fp32, auto, bf16")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--json", help="also write the results here")
-    return parser.parse_args()
+    args = parser.parse_args()
 
-
-def setup_variant(variant: str, args: argparse.Namespace, precisions: dict) -> dict:
     from kallm.training.config import TrainConfig
     from kallm.training.loss import StepLoss
+    from kallm.training.objective import LossSpec, ObjectiveLoss, kd_row_mask
     from kallm.training.optim import build_optimizer
     from kallm.training.prefix import PrefixCache
+    from kallm.training.teacher import build_teacher
 
-    model, tokenizer, report = build(variant)
-    device = next(model.parameters()).device
-    batch = real_batch(tokenizer, args.batch, args.length)
-    ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-    k = report.first_trainable_layer
-    states, cache_s = {}, {}
-    for p in {p.name: p for p in precisions.values()}.values():  # one cache per distinct arithmetic
+    setups = {}
+    for variant in VARIANTS:
+        model, tokenizer, report = build(variant)
+        device = next(model.parameters()).device
+        batch = real_batch(tokenizer, args.batch, args.length)
+        ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+        k = report.first_trainable_layer
         t0 = time.perf_counter()
-        cache = PrefixCache.build(model, [batch], k, dtype=p.storage_dtype, precision=p.name, progress=False)
-        cache_s[p.name] = time.perf_counter() - t0
-        states[p.name] = cache.batch_states(batch, device)
-    return dict(model=model, ids=ids, mask=mask, labels=labels, states=states, opt=build_optimizer(model, TrainConfig()),
-                step_loss=StepLoss(model, k, args.chunk), cache_s=cache_s, k=k, device=device)
+        cache = PrefixCache.build(model, [batch], k, progress=False)
+        cache_s = time.perf_counter() - t0
+        states = cache.batch_states(batch, device)
+        optimizer = build_optimizer(model, TrainConfig())
+        step_loss = StepLoss(model, k, args.chunk)
+        teacher = build_teacher(model)
+        kd = {mode: ObjectiveLoss(model, teacher, k, LossSpec.from_text("kd"), positions, 1.0, args.chunk)
+              for mode, positions in KD_MODES.items()}
+        setups[variant] = dict(model=model, ids=ids, mask=mask, labels=labels, states=states, opt=optimizer,
+                               step_loss=step_loss, cache_s=cache_s, k=k, kd=kd)
 
-
-def step(s: dict, mode: str, precision) -> float:
-    with precision.autocast(s["device"]):
+    def step(s: dict, mode: str) -> float:
         if mode == "plain":
             loss = s["model"](input_ids=s["ids"], attention_mask=s["mask"], labels=s["labels"]).loss
+        elif mode in KD_MODES:
+            rows = int(kd_row_mask(s["mask"], s["labels"], KD_MODES[mode]).sum())
+            loss, _ = s["kd"][mode](s["ids"], s["mask"], s["labels"], s["states"], scales={"kd": 1.0 / rows})
         else:
-            states = s["states"][precision.name] if mode == "kallm+cache" else None
-            loss_sum, n = s["step_loss"](s["ids"], s["mask"], s["labels"], states)
+            loss_sum, n = s["step_loss"](s["ids"], s["mask"], s["labels"], s["states"] if mode == "kallm+cache" else None)
             loss = loss_sum / n
-    loss.backward()
-    s["opt"].step()
-    s["opt"].zero_grad(set_to_none=True)
-    return float(loss.detach())
+        loss.backward()
+        s["opt"].step()
+        s["opt"].zero_grad(set_to_none=True)
+        return float(loss.detach())
 
-
-def main() -> None:
-    args = parse_args()
-    from kallm.precision import resolve_precision
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    precisions = {label: resolve_precision(label, device) for label in args.precisions.split(",")}
-    variants, modes = args.variants.split(","), args.modes.split(",")
-    setups = {variant: setup_variant(variant, args, precisions) for variant in variants}
-    arms = [(v, m, p) for v in variants for m in modes for p in precisions]
-    times: dict[tuple, list[float]] = {a: [] for a in arms}
-    mems: dict[tuple, list[int]] = {a: [] for a in arms}
-    losses: dict[tuple, float] = {}
+    times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in VARIANTS for m in MODES}
+    mems: dict[tuple[str, str], list[int]] = {(v, m): [] for v in VARIANTS for m in MODES}
+    losses: dict[tuple[str, str], float] = {}
     for rep in range(args.reps + 1):  # repetition 0 warms up and is not counted
-        for arm in arms:
-            s = setups[arm[0]]
-            with PeakMemory() as mem:
-                t0 = time.perf_counter()
-                losses[arm] = step(s, arm[1], precisions[arm[2]])
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                dt = time.perf_counter() - t0
-            if rep:
-                times[arm].append(dt)
-                mems[arm].append(mem.peak)
+        for variant in VARIANTS:
+            for mode in MODES:
+                s = setups[variant]
+                with PeakMemory() as mem:
+                    t0 = time.perf_counter()
+                    losses[(variant, mode)] = step(s, mode)
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                    dt = time.perf_counter() - t0
+                if rep:
+                    times[(variant, mode)].append(dt)
+                    mems[(variant, mode)].append(mem.peak)
         print(f"rep {rep}/{args.reps} done", file=sys.stderr)
-    report(args, setups, precisions, arms, times, mems, losses)
 
-
-def report(args, setups, precisions, arms, times, mems, losses) -> None:
-    first = setups[arms[0][0]]
-    tokens = int(first["mask"].sum())
-    labelled = int((first["labels"][:, 1:] != -100).sum())
+    tokens = int(setups[VARIANTS[0]]["mask"].sum())
+    labelled = int((setups[VARIANTS[0]]["labels"][:, 1:] != -100).sum())
     device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
-    ref_p = next(iter(precisions))
-    med = {a: statistics.median(times[a]) for a in arms}
     rows = []
-    for v, m, p in arms:
-        base = (v, "plain", ref_p) if (v, "plain", ref_p) in med else (v, m, ref_p)
-        base_m = statistics.median(mems[base])
-        m_peak = statistics.median(mems[(v, m, p)])
-        rows.append({"variant": v, "mode": m, "precision": p, "computes_in": precisions[p].name,
-                     "step_s": med[(v, m, p)], "tokens_per_s": tokens / med[(v, m, p)],
-                     "speedup": med[base] / med[(v, m, p)], "vs_first_precision": med[(v, m, ref_p)] / med[(v, m, p)],
-                     "peak_mem_mb": m_peak / 2**20, "mem_ratio": m_peak / base_m if base_m else None,
-                     "loss": losses[(v, m, p)], "times": times[(v, m, p)]})
-    caches = ", ".join(f"{name} {t:.2f} s" for name, t in first["cache_s"].items())
+    for variant in VARIANTS:
+        base_t = statistics.median(times[(variant, "plain")])
+        base_m = statistics.median(mems[(variant, "plain")])
+        ce_t = statistics.median(times[(variant, "kallm+cache")])  # the CE step the KD steps are set against
+        ce_m = statistics.median(mems[(variant, "kallm+cache")])
+        for mode in MODES:
+            t = statistics.median(times[(variant, mode)])
+            m = statistics.median(mems[(variant, mode)])
+            rows.append({"variant": variant, "mode": mode, "step_s": t, "tokens_per_s": tokens / t,
+                         "speedup": base_t / t, "peak_mem_mb": m / 2**20, "mem_ratio": m / base_m if base_m else None,
+                         "time_vs_ce": t / ce_t, "mem_vs_ce": m / ce_m if ce_m else None,
+                         "times": times[(variant, mode)]})
     print(f"\n{args.batch}x{args.length} tokens of {CHAT.name} ({labelled / tokens:.0%} of positions labelled), "
-          f"last:5, freeze=ffn, {device}, median of {args.reps}; prefix cache built once in {caches}; "
-          + "; ".join(f"{label} = {p}" for label, p in precisions.items()) + "\n")
-    print(f"| variant | precision | step | s/step | tokens/s | speed-up vs {ref_p} plain | x {ref_p} (same step) "
-          "| peak step memory (MB) | memory vs plain |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"last:5, freeze=ffn, {device}, median of {args.reps}; prefix cache built once in "
+          f"{setups[VARIANTS[0]]['cache_s']:.2f} s\n")
+    print("| variant | step | s/step | tokens/s | speed-up | peak step memory (MB) | memory vs plain "
+          "| time vs CE step | memory vs CE step |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         ratio = f"{r['mem_ratio']:.2f}x" if r["mem_ratio"] is not None else "-"
-        print(f"| {r['variant']} | {r['precision']} ({r['computes_in']}) | {r['mode']} | {r['step_s']:.2f} "
-              f"| {r['tokens_per_s']:,.0f} | {r['speedup']:.2f}x | {r['vs_first_precision']:.2f}x "
-              f"| {r['peak_mem_mb']:,.0f} | {ratio} |")
-    print("\nlast losses (the arms share each variant's weights, which every step updates, so these drift): "
-          + "; ".join(f"{r['variant']} {r['mode']} {r['precision']} {r['loss']:.4f}" for r in rows))
+        ce_ratio = f"{r['mem_vs_ce']:.2f}x" if r["mem_vs_ce"] is not None else "-"
+        print(f"| {r['variant']} | {r['mode']} | {r['step_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['speedup']:.2f}x "
+              f"| {r['peak_mem_mb']:,.0f} | {ratio} | {r['time_vs_ce']:.2f}x | {ce_ratio} |")
+    for variant in VARIANTS:
+        drift = abs(losses[(variant, "plain")] - losses[(variant, "kallm")])
+        print(f"{variant}: last losses plain {losses[(variant, 'plain')]:.4f}, kallm {losses[(variant, 'kallm')]:.4f}, "
+              f"kallm+cache {losses[(variant, 'kallm+cache')]:.4f} (they drift apart as each step updates the weights; "
+              f"|plain-kallm| = {drift:.4f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "tokens": tokens, "labelled": labelled,
-                                               "precisions": {k: p.to_dict() for k, p in precisions.items()},
                                                "rows": rows}, indent=2) + "\n", encoding="utf-8")
 
 

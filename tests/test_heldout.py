@@ -72,3 +72,17 @@ def test_carving_is_fixed_disjoint_and_keeps_only_scorable_conversations(shared_
         carve_heldout(chat, 19, smol_tokenizer, max_length=96, seed=0)
     with pytest.raises(KallmError, match="empty"):
         score_heldout(make_tiny_model("llama"), [], name="none", pad_id=0)
+
+
+def test_quality_retained_is_the_nll_ratio_and_the_gap_in_nats():
+    from kallm.heldout import quality_retained
+
+    kept = quality_retained(1.25, 1.5)
+    assert kept.retained == pytest.approx(1.25 / 1.5) and kept.gap_nats == pytest.approx(0.25)
+    assert kept.relative_gap == pytest.approx(0.2)  # 20% worse than the original
+    assert quality_retained(2.0, 2.0).retained == 1.0 and quality_retained(2.0, 2.0).gap_nats == 0.0
+    better = quality_retained(2.0, 1.6)  # a fine-tuned variant may beat the original in-domain
+    assert better.retained > 1 and better.gap_nats < 0
+    for bad in ((0.0, 1.0), (1.0, float("nan")), (-1.0, 1.0)):
+        with pytest.raises(KallmError, match="two positive finite NLLs"):
+            quality_retained(*bad)

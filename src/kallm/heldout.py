@@ -118,3 +118,27 @@ def score_heldout(model: nn.Module, examples: list[TokenizedExample], *, name: s
     finally:
         model.train(was_training)
     return score
+
+
+@dataclass(frozen=True)
+class QualityRetained:
+    """How much of the original model's held-out quality a variant keeps.
+
+    `retained` = original NLL / variant NLL (1.0: as good as the original; 0.5: twice the NLL), `gap_nats` =
+    variant NLL - original NLL (nats per assistant token; > 0 is worse).
+    """
+
+    retained: float
+    gap_nats: float
+
+    @property
+    def relative_gap(self) -> float:
+        """The relative NLL gap (variant / original - 1): 0.10 means 10% worse than the original."""
+        return 1.0 / self.retained - 1.0
+
+
+def quality_retained(original_nll: float, variant_nll: float) -> QualityRetained:
+    """`QualityRetained` of a variant's mean held-out NLL against the original's, on the same conversations."""
+    if not (original_nll > 0 and variant_nll > 0 and math.isfinite(original_nll) and math.isfinite(variant_nll)):
+        raise KallmError(f"quality retained needs two positive finite NLLs, got {original_nll} and {variant_nll}")
+    return QualityRetained(original_nll / variant_nll, variant_nll - original_nll)

@@ -49,6 +49,16 @@ def test_train_from_flags_writes_a_loadable_retrofit(model_dir, chat_file, tmp_p
     assert (out / "metrics.jsonl").read_text() == before
 
 
+def test_train_with_distillation_from_the_original(model_dir, chat_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(model_dir), "--layers", "last:2", "--variant", "kan:chebyshev2:2",
+                 "--data", str(chat_file), "--out", str(out), "--loss", "ce+kd", "--kd-positions", "all",
+                 "--kd-temperature", "2", *FAST])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train"]["loss"] == "ce+kd"
+    assert all({"ce", "kd"} <= set(r) for r in read_jsonl(out / "metrics.jsonl") if "loss" in r)
+
+
 def test_train_from_config_file(model_dir, chat_file, tmp_path, capsys, monkeypatch):
     """Paths in the file are relative to the file, wherever the command runs."""
     (tmp_path / "cfg").mkdir()
@@ -72,6 +82,8 @@ def test_train_from_config_file(model_dir, chat_file, tmp_path, capsys, monkeypa
     (["--max-length", "4"], "max_length: must be an integer >= 8"),
     (["--max-length", "16"], "raise max_length"),
     (["--variant", "kan:chebyshv2:2"], "did you mean"),
+    (["--loss", "ce+kl"], "loss: unknown loss term 'kl'; did you mean 'kd'"),
+    (["--kd-temperature", "0"], "kd_temperature: must be a positive number"),
 ])
 def test_bad_input_is_one_line_exit_2(model_dir, chat_file, tmp_path, capsys, args, message):
     import re

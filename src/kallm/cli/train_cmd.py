@@ -12,14 +12,16 @@ import dataclasses
 from typing import Any
 
 from kallm.precision import PRECISIONS
-from kallm.training.config import TrainConfig
+from kallm.training.config import KD_POSITIONS, TrainConfig
 
 _RUN_KEYS = {"model": "smollm2-135m-instruct", "layers": "last:5", "variant": "kan:chebyshev2:2", "freeze": "ffn",
              "data": "HuggingFaceTB/smol-smoltalk", "out": None, "resume": False}
+_CHOICES = {"precision": PRECISIONS, "kd_positions": KD_POSITIONS}
 # TrainConfig fields exposed as flags (the rest are set in a config file's `train:` section).
 _TRAIN_FLAGS = ("steps", "batch_size", "grad_accum", "max_length", "lr", "weight_decay", "warmup_steps",
                 "clip_grad_norm", "eval_every", "eval_batches", "val_size", "save_every", "seed", "precision",
-                "logits_chunk_size", "max_conversations", "on_bad_row", "report_to")
+                "logits_chunk_size", "max_conversations", "on_bad_row", "report_to", "loss", "kd_temperature",
+                "kd_positions")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", help="decoder layers to retrofit, e.g. last:5, 20-24 (default last:5)")
     p.add_argument("--variant", help="baseline | linear | kan:<spec> (default kan:chebyshev2:2)")
     p.add_argument("--freeze", help="ffn | blocks | blocks+embeddings | none (default ffn)")
-    p.add_argument("--data", nargs="+", help="hub dataset id, or .jsonl/.json/.parquet files or folders "
+    p.add_argument("--data", nargs="+", help="hub dataset id, or .jsonl/.json/.parquet chat files or folders; "
+                                             "for --loss kd also plain text (.txt, .jsonl with a text field) "
                                              "(default HuggingFaceTB/smol-smoltalk)")
     p.add_argument("--out", help="run folder: config, metrics.jsonl, checkpoints/, retrofit/")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
@@ -39,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name in _TRAIN_FLAGS:
         kind = types[name]
         conv = int if "int" in str(kind) else float if "float" in str(kind) else str
-        extra: dict[str, Any] = {"choices": PRECISIONS} if name == "precision" else {}
+        extra: dict[str, Any] = {"choices": _CHOICES[name]} if name in _CHOICES else {}
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=conv, default=None,
                        help=f"(default {getattr(defaults, name)})", **extra)
     p.add_argument("--prefix-cache", action="store_true", default=None,

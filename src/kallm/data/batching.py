@@ -82,3 +82,16 @@ def collate(examples: Sequence[TokenizedExample], pad_token_id: int, pad_to_mult
 def num_label_positions(labels: torch.Tensor) -> int:
     """How many next-token predictions a batch trains (labels at positions 1.. that are not ignored)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def token_batches(examples: Sequence[TokenizedExample], pad_token_id: int, max_tokens: int,
+                  batch_size: int = 8) -> list[dict]:
+    """Collated batches of `examples` in order, until they hold at least `max_tokens` real tokens."""
+    batches, total = [], 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start: start + batch_size], pad_token_id)
+        batches.append(batch)
+        total += int(batch["attention_mask"].sum())
+        if total >= max_tokens:
+            break
+    return batches

@@ -25,7 +25,7 @@ from torch import nn
 
 from kallm.bbh import evaluate_bbh, load_tasks
 from kallm.bbh.chance import chance_levels
-from kallm.data import ConversationSet, collate, load_conversations
+from kallm.data import ConversationSet, TextSet, load_training_data, token_batches
 from kallm.errors import KallmError
 from kallm.experiment.eval_cache import CachedPrefixForward
 from kallm.experiment.heldout import GridHeldout, heldout_record, write_scores
@@ -38,7 +38,7 @@ from kallm.locks import Busy, held
 from kallm.models import load_model, model_source, resolve_device
 from kallm.precision import resolve_precision
 from kallm.progress import progress_bar
-from kallm.retrofitting import RetrofitReport, retrofit, save_retrofit
+from kallm.retrofitting import RetrofitReport, retrofit, retrofit_report, save_retrofit
 from kallm.retrofitting.arch import find_decoder_layers
 from kallm.retrofitting.curriculum import DegreeCurriculum
 from kallm.retrofitting.distill import (
@@ -53,10 +53,12 @@ from kallm.retrofitting.layers import parse_layer_spec
 from kallm.retrofitting.surgery import refresh_report
 from kallm.runinfo import run_info
 from kallm.training import train_model
+from kallm.training.blockfit import sequential_distill
 from kallm.training.checkpoint import latest_checkpoint
 from kallm.training.examples import prepare_data
 from kallm.training.prefix import PrefixCache
 from kallm.training.state import RunFiles
+from kallm.training.teacher import build_teacher
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,8 @@ class GridRunner:
         self.eval_precision = resolve_precision(config.eval.precision, self.device)
         self.cache_dir = out / "cache"
         self.heldout = GridHeldout(config, self.cache_dir, self.cache_lock, self.eval_precision, progress)
-        self._loaded: ConversationSet | None = None
-        self._conversations: ConversationSet | None = None
+        self._loaded: ConversationSet | TextSet | None = None
+        self._conversations: ConversationSet | TextSet | None = None
         self._train_cache: PrefixCache | None = None
         self._eval_forwards: dict[int, CachedPrefixForward] = {}
         self._chance: dict[str, float] | None = None
@@ -84,18 +86,26 @@ class GridRunner:
     def load_base(self):
         return load_model(self.config.model_path(), dtype=self.config.dtype, device=self.device)
 
-    def loaded_data(self) -> ConversationSet:
+    def loaded_data(self) -> ConversationSet | TextSet:
         """All of `train.data`, read once (a file that does not read fails here, before any work)."""
         if self._loaded is None:
             train = self.config.train
-            self._loaded = load_conversations(self.config.data_sources(), on_bad_row=train.on_bad_row,
+            self._loaded = load_training_data(self.config.data_sources(), on_bad_row=train.on_bad_row,
                                               max_conversations=train.max_conversations)
         return self._loaded
 
-    def conversations(self, tokenizer) -> ConversationSet:
+    def conversations(self, tokenizer) -> ConversationSet | TextSet:
         """The training data, without the held-out conversations every run is scored on."""
         if self._conversations is None:
-            self._conversations = self.heldout.split_training_data(self.loaded_data(), tokenizer)
+            data = self.loaded_data()
+            if isinstance(data, TextSet):  # plain text (for loss: kd) has no assistant turns to carve from
+                if self.config.eval.heldout_size:
+                    raise KallmError("train.data is plain text: set eval.heldout_size: 0 and score on chat files "
+                                     "given in eval.heldout")
+                self.heldout.split_training_data(ConversationSet([], [], [], data.source), tokenizer)
+                self._conversations = data
+            else:
+                self._conversations = self.heldout.split_training_data(data, tokenizer)
         return self._conversations
 
     def cache_lock(self):
@@ -132,15 +142,20 @@ class GridRunner:
             except KallmError as exc:
                 log.warning("%s; collecting the activations again", exc)
         if self._distill_io is None:
-            train_cfg = self.config.train.train_config(self.config.seeds[0])
-            examples, _ = prepare_data(tokenizer, self.conversations(tokenizer), train_cfg, progress=False)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            batches = (collate(examples[i: i + 8], pad) for i in range(0, len(examples), 8))
             with self.train_precision.autocast(self.device):  # the FFNs as training will run them
-                self._distill_io = collect_ffn_io(model, batches, indices, cfg.tokens, progress=self.progress)
+                self._distill_io = collect_ffn_io(model, self.distill_batches(tokenizer), indices, cfg.tokens,
+                                                  progress=self.progress)
             with self.cache_lock():
                 save_ffn_io(self._distill_io, path)
         return self._distill_io
+
+    def distill_batches(self, tokenizer) -> list[dict]:
+        """The training conversations distillation fits on (the first `distill.tokens` tokens of the split)."""
+        cfg = self.config.distill or DistillConfig()
+        train_cfg = self.config.train.train_config(self.config.seeds[0])
+        examples, _ = prepare_data(tokenizer, self.conversations(tokenizer), train_cfg, progress=False)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return token_batches(examples, pad, cfg.tokens)
 
     def eval_forward(self, model: nn.Module, report: RetrofitReport) -> CachedPrefixForward | None:
         """The shared prefix-cached forward for likelihood evaluation, when it is valid."""
@@ -236,13 +251,23 @@ class GridRunner:
         return record
 
     def _distill(self, run: PlannedRun, model: nn.Module, io, run_dir: Path) -> dict[str, Any] | None:
-        """Fit the new FFNs to the recorded activations (once per run), or read the earlier fit's record."""
+        """Fit the new FFNs (once per run): to the recorded activations (`io`, layerwise) or bottom-up on
+        the retrofit's own states (`io` is then the batches, sequential); or read the earlier fit's record."""
         distill_file = run_dir / "distill.json"
         if io is None:
             return read_json(distill_file, "distillation record") if distill_file.is_file() else None
-        fits = distill_retrofit(model, io, self.config.distill or DistillConfig(), seed=int(run.seed),
-                                progress=self.progress)
-        record = {"fvu": {str(f.layer): f.fvu for f in fits}, "layers": fits_to_dict(fits)}
+        cfg = self.config.distill or DistillConfig()
+        start = time.perf_counter()
+        if cfg.mode == "sequential":
+            k = min(retrofit_report(model).layer_indices)
+            cache = self.train_prefix_cache(model, k) if self.config.train.prefix_cache else None
+            fits = sequential_distill(model, build_teacher(model), io, cfg, target=cfg.target, seed=int(run.seed),
+                                      cache=cache, progress=self.progress)
+            self.save_train_cache()
+        else:
+            fits = distill_retrofit(model, io, cfg, seed=int(run.seed), progress=self.progress)
+        record = {"fvu": {str(f.layer): f.fvu for f in fits}, "layers": fits_to_dict(fits), "mode": cfg.mode,
+                  "target": cfg.target, "wall_s": time.perf_counter() - start}
         write_json_atomic(distill_file, record)
         return record
 
@@ -264,9 +289,12 @@ class GridRunner:
         files = RunFiles(run_dir / "train")
         resuming = files.config.is_file()
         has_checkpoint = latest_checkpoint(files.checkpoints) is not None
-        io = self.distill_io(model, tokenizer) if v.init == "distill" and not has_checkpoint else None
+        fresh_distill = v.init == "distill" and not has_checkpoint
+        sequential = (self.config.distill or DistillConfig()).mode == "sequential"
+        io = self.distill_io(model, tokenizer) if fresh_distill and not sequential else None
         report = retrofit(model, layers=self.config.layers, variant=run.build_spec, freeze=self.config.freeze,
                           seed=seed)
+        io = self.distill_batches(tokenizer) if fresh_distill and sequential else io
         distill_record = self._distill(run, model, io, run_dir)
         scores["init"] = self._initial_scores(model, tokenizer, report, run_dir, has_checkpoint)
         tcfg = self.config.train.train_config(seed)

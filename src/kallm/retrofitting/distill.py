@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DistillConfig:
     tokens: int = 16384  # (input, output) pairs collected per layer
+    # layerwise: every layer on pairs recorded from the original model (this module); sequential: bottom-up,
+    # each layer on the inputs the retrofitted model gives it (kallm.training.blockfit), towards `target`
+    mode: Literal["layerwise", "sequential"] = "layerwise"
+    target: Literal["ffn", "block"] = "ffn"
     method: Literal["auto", "lstsq", "adamw"] = "auto"
     # lstsq: ridge strength relative to the mean diagonal of the Gram matrix. 1e-2 gave the lowest held-out
     # FVU on SmolLM2 last:5 with 7.4k fit tokens (2,304 features per layer; benchmarks/distill_study.py).
@@ -50,6 +54,12 @@ class DistillConfig:
             raise KallmError(f"distill.tokens must be at least 16, got {self.tokens}")
         if self.method not in ("auto", "lstsq", "adamw"):
             raise KallmError(f"distill.method must be auto, lstsq or adamw, got {self.method!r}")
+        if self.mode not in ("layerwise", "sequential") or self.target not in ("ffn", "block"):
+            raise KallmError(f"distill.mode must be layerwise or sequential and distill.target ffn or block, "
+                             f"got {self.mode!r} and {self.target!r}")
+        if self.target == "block" and self.mode != "sequential":
+            raise KallmError("distill.target: block fits a layer to the original's output given the retrofitted "
+                             "layers below it; it needs mode: sequential")
         if self.ridge < 0:
             raise KallmError(f"distill.ridge must be >= 0, got {self.ridge}")
         if self.steps <= 0 or self.lr <= 0 or self.batch_tokens <= 0:
@@ -229,6 +239,33 @@ def _fit_method(module: nn.Module, requested: str) -> str:
     return requested
 
 
+def replacement_module(layers, i: int) -> nn.Module:
+    """The single new FFN module of decoder layer `i` (what distillation fits)."""
+    wrapped = replacement_modules(layers[i])
+    if len(wrapped) != 1:
+        raise KallmError(f"layer {i}: distillation needs exactly one replacement module, found {len(wrapped)} "
+                         "(linear restarts of split-FFN models such as OPT are not supported)")
+    return wrapped[0].kallm_ffn
+
+
+def fit_replacement(module: nn.Module, x: Tensor, y: Tensor, cfg: DistillConfig, seed: int, layer: int) -> LayerFit:
+    """Fit `module` to map x -> y (the last `holdout_fraction` of the rows held out to measure the FVU)."""
+    ref = next(module.parameters())
+    n_hold = max(1, int(len(x) * cfg.holdout_fraction))
+    x_fit, y_fit = x[:-n_hold].to(ref.device, ref.dtype), y[:-n_hold].to(ref.device, ref.dtype)
+    x_hold, y_hold = x[-n_hold:].to(ref.device, ref.dtype), y[-n_hold:].to(ref.device, ref.dtype)
+    method = _fit_method(module, cfg.method)
+    if method == "lstsq":
+        _fit_lstsq(module, x_fit, y_fit, cfg.ridge)
+    else:
+        _fit_adamw(module, x_fit, y_fit, cfg, seed)
+    with torch.no_grad():
+        fit = LayerFit(layer, method, fvu(module(x_hold).float(), y_hold.float()),
+                       fvu(module(x_fit[:8192]).float(), y_fit[:8192].float()), len(x))
+    log.info("distilled layer %d (%s): held-out FVU %.4f, train FVU %.4f", layer, method, fit.fvu, fit.train_fvu)
+    return fit
+
+
 def distill_retrofit(
     model: nn.Module, io: dict[int, tuple[Tensor, Tensor]], config: DistillConfig | None = None, seed: int = 0,
     progress: bool | None = None,
@@ -241,26 +278,8 @@ def distill_retrofit(
     for i in progress_bar(report.layer_indices, desc="distill", unit="layer", progress=progress):
         if i not in io:
             raise KallmError(f"no recorded activations for layer {i} (have {sorted(io)})")
-        wrapped = replacement_modules(layers[i])
-        if len(wrapped) != 1:
-            raise KallmError(f"layer {i}: distillation needs exactly one replacement module, found {len(wrapped)} "
-                             "(linear restarts of split-FFN models such as OPT are not supported)")
-        module = wrapped[0].kallm_ffn
-        ref = next(module.parameters())
         x, y = io[i]
-        n_hold = max(1, int(len(x) * cfg.holdout_fraction))
-        x_fit, y_fit = x[:-n_hold].to(ref.device, ref.dtype), y[:-n_hold].to(ref.device, ref.dtype)
-        x_hold, y_hold = x[-n_hold:].to(ref.device, ref.dtype), y[-n_hold:].to(ref.device, ref.dtype)
-        method = _fit_method(module, cfg.method)
-        if method == "lstsq":
-            _fit_lstsq(module, x_fit, y_fit, cfg.ridge)
-        else:
-            _fit_adamw(module, x_fit, y_fit, cfg, seed * 1000 + i)
-        with torch.no_grad():
-            fit = LayerFit(i, method, fvu(module(x_hold).float(), y_hold.float()),
-                           fvu(module(x_fit[:8192]).float(), y_fit[:8192].float()), len(x))
-        log.info("distilled layer %d (%s): held-out FVU %.4f, train FVU %.4f", i, method, fit.fvu, fit.train_fvu)
-        fits.append(fit)
+        fits.append(fit_replacement(replacement_module(layers, i), x, y, cfg, seed * 1000 + i, i))
     return fits
 
 

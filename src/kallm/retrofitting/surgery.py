@@ -22,6 +22,7 @@ from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn, mode
 from kallm.retrofitting.ffn import RetrofitFFN
 from kallm.retrofitting.freeze import FREEZE_POLICIES, first_trainable_layer
 from kallm.retrofitting.layers import parse_layer_spec
+from kallm.retrofitting.originals import keep_originals
 from kallm.retrofitting.report import (
     LayerReport,
     RetrofitReport,
@@ -109,8 +110,8 @@ VARIANT_BUILDERS.add("kan", _build_kan)
 
 # ---------------------------------------------------------------- entry point
 
-def _replace_layer(model: nn.Module, site: FFNSite, spec: VariantSpec, seed: int,
-                   new_modules: list[nn.Module]) -> tuple[LayerReport, int | None]:
+def _replace_layer(model: nn.Module, site: FFNSite, spec: VariantSpec, seed: int, new_modules: list[nn.Module],
+                   displaced: list[tuple[nn.Module, nn.Module]]) -> tuple[LayerReport, int | None]:
     old_params, old_kind = ffn_param_count(site), type(site.module).__name__
     if not spec.trained:
         return LayerReport(site.layer_index, old_kind, old_kind, old_params, old_params, 0, 0), None
@@ -119,6 +120,7 @@ def _replace_layer(model: nn.Module, site: FFNSite, spec: VariantSpec, seed: int
     ref = next(model.parameters())
     for name, module in replacements:
         module.to(device=ref.device, dtype=ref.dtype)
+        displaced.append((module, getattr(site.layer, name)))
         setattr(site.layer, name, module)
     built = [m for _, m in replacements if isinstance(m, RetrofitFFN)]
     new_modules += built
@@ -147,8 +149,10 @@ def retrofit(
     indices = parse_layer_spec(layers, len(layer_list))
     sites = [find_ffn(layer_list[i], i, type(model).__name__) for i in indices]
     new_modules: list[nn.Module] = []
+    displaced: list[tuple[nn.Module, nn.Module]] = []
     with torch.random.fork_rng(devices=[]):
-        built = [_replace_layer(model, site, spec, seed, new_modules) for site in sites]
+        built = [_replace_layer(model, site, spec, seed, new_modules, displaced) for site in sites]
+    keep_originals(model, displaced)  # the untouched model stays at hand (distillation's teacher)
     rows = [row for row, _ in built]
     trainable = {id(p) for p in policy(model, [layer_list[i] for i in indices], new_modules)}
     for p in model.parameters():

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-from kallm.data import DEFAULT_DATASET, load_conversations
+from kallm.data import DEFAULT_DATASET, load_training_data
 from kallm.errors import KallmError
 from kallm.io import check_output_dir, remove_stale_temps
 from kallm.locks import Busy, held
@@ -54,7 +54,7 @@ def train(
     if resume:
         newest_readable_checkpoint(files.checkpoints, warn=False)  # none readable: say so before loading
     check_installed(config.report_to)
-    conversations = load_conversations(sources, on_bad_row=config.on_bad_row,
+    conversations = load_training_data(sources, on_bad_row=config.on_bad_row,
                                        max_conversations=config.max_conversations)
     net, tokenizer = load_model(model)
     retrofit(net, layers=layers, variant=spec, freeze=freeze, seed=config.seed)

@@ -11,6 +11,7 @@ from kallm.config.mapping import FieldError
 from kallm.data.loading import ON_BAD_ROW
 from kallm.errors import KallmError
 from kallm.precision import precision_problem
+from kallm.training.objective import KD_POSITIONS, KDPositions, LossSpec, as_loss_spec
 from kallm.training.tracking import tracker_names
 
 
@@ -43,6 +44,9 @@ class TrainConfig:
     on_bad_row: str = "skip"
     # Experiment trackers, through Accelerate: tensorboard, wandb, mlflow, comet_ml, aim, ... (default: none)
     report_to: str | tuple[str, ...] = ()
+    loss: LossSpec = LossSpec()  # ce | kd | ce+kd | ... (kallm.training.objective)
+    kd_temperature: float = 1.0
+    kd_positions: KDPositions = "assistant"  # or "all": every position of every conversation
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False, allow_none: bool = False) -> None:
@@ -87,9 +91,22 @@ class TrainConfig:
             object.__setattr__(self, "report_to", tracker_names(self.report_to))
         except KallmError as exc:
             raise FieldError("report_to", str(exc)) from None
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        try:
+            object.__setattr__(self, "loss", as_loss_spec(self.loss))  # Python callers may pass the text
+        except KallmError as exc:
+            raise FieldError("loss", str(exc)) from None
+        if not (isinstance(self.kd_temperature, (int, float)) and math.isfinite(self.kd_temperature)
+                and self.kd_temperature > 0):
+            raise FieldError("kd_temperature", f"must be a positive number, got {self.kd_temperature!r}")
+        if self.kd_positions not in KD_POSITIONS:
+            raise FieldError("kd_positions", f"{self.kd_positions!r} is not valid; choose one of: "
+                                             f"{', '.join(KD_POSITIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "loss": str(self.loss)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train", lines: Any = None) -> TrainConfig:

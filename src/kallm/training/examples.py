@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kallm.data import ConversationSet, TokenizedExample, epoch_batches, split_indices, tokenize_conversations
+from kallm.data import (
+    ConversationSet,
+    TextSet,
+    TokenizedExample,
+    epoch_batches,
+    split_indices,
+    tokenize_conversations,
+    tokenize_texts,
+)
 from kallm.errors import KallmError
 from kallm.training.config import TrainConfig
 
 
-def as_conversation_set(data: ConversationSet | Sequence) -> ConversationSet:
-    if isinstance(data, ConversationSet):
+def as_conversation_set(data: ConversationSet | TextSet | Sequence) -> ConversationSet | TextSet:
+    if isinstance(data, ConversationSet | TextSet):
         return data
     return ConversationSet([list(m) for m in data], [f"conversation {i}" for i in range(len(data))])
 
 
-def prepare_data(tokenizer, data: ConversationSet | Sequence, config: TrainConfig,
+def prepare_data(tokenizer, data: ConversationSet | TextSet | Sequence, config: TrainConfig,
                  progress: bool | None = None) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
     """Tokenise and split into (train, validation) examples, deterministically by `config.seed`."""
     data = as_conversation_set(data)
@@ -25,7 +33,10 @@ def prepare_data(tokenizer, data: ConversationSet | Sequence, config: TrainConfi
         raise KallmError("no training conversations given")
     train_idx, val_idx = split_indices(len(data), val_size=None if config.val_fraction is not None else config.val_size,
                                        val_fraction=config.val_fraction or 0.0, seed=config.seed)
-    tokenized = tokenize_conversations(tokenizer, data.conversations, config.max_length, progress=progress)
+    if isinstance(data, TextSet):  # plain text (for distillation): windows of max_length, every token a target
+        tokenized = tokenize_texts(tokenizer, data.texts, config.max_length, progress=progress)
+    else:
+        tokenized = tokenize_conversations(tokenizer, data.conversations, config.max_length, progress=progress)
     val_set = set(val_idx)
     train = [e for e in tokenized.examples if e.index not in val_set]
     val = [e for e in tokenized.examples if e.index in val_set]

@@ -3,9 +3,10 @@
 One optimizer step sees a *global* batch: `batch_size x processes` conversations per micro-step,
 `grad_accum` micro-steps. Which conversations is a pure function of (seed, step), so a resumed run
 and a run spread over several processes see exactly the same batches as a single uninterrupted run.
-The loss is the mean next-token cross-entropy over all labelled tokens of the global batch; each
-process scales its share by the global label count (known up front from the schedule) so the
-gradient does not depend on how the batch was split.
+The loss is `train.loss` (`kallm.training.objective`: cross-entropy on labelled tokens by default, or
+distillation from the original model); each term is a mean over the global batch, and each process
+scales its share by the global counts (known up front from the schedule) so the gradient does not
+depend on how the batch was split. Evaluation always reports the cross-entropy.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from kallm.training.config import TrainConfig, TrainResult
 from kallm.training.examples import prepare_data, validation_batches
 from kallm.training.loss import StepLoss, check_lm_head
 from kallm.training.memory import current_memory, peak_memory, reset_peak_memory
+from kallm.training.objective import ObjectiveLoss, term_means
 from kallm.training.optim import build_optimizer, lr_at, rebuild_optimizer, set_lr, trainable_named_params
 from kallm.training.prefix import PrefixCache, prefix_fingerprint
 from kallm.training.state import MetricsLog, RunFiles, TrainState, check_out_dir
+from kallm.training.teacher import build_teacher
 from kallm.training.tracking import check_installed, flat_hparams, tracked_values, tracking_dir
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,8 @@ class TrainLoop:
         self.model.to(self.device)
         self.model.train()
         self.metrics = MetricsLog(self.files.metrics, self.is_main)
+        # before _restore: the teacher copies what trains (if anything) as it was before training
+        self.teacher = build_teacher(self.model) if config.loss.needs_teacher else None
         state = self._restore(resume)
         self._bind_prefix()
         if self.config.report_to:
@@ -164,21 +169,26 @@ class TrainLoop:
         self.layer_index = prefix_layer(self.model)
         self.cache = make_prefix_cache(self.model, self.layer_index, self.config, self.shared_cache, self.precision)
         self.step_loss = StepLoss(self.model, self.layer_index, self.config.logits_chunk_size)
-        self.wrapped = self.accelerator.prepare(self.step_loss)
+        c = self.config
+        self.objective = ObjectiveLoss(self.model, self.teacher, self.layer_index, c.loss, c.kd_positions,
+                                       c.kd_temperature, c.logits_chunk_size)
+        self.wrapped = self.accelerator.prepare(self.objective)
 
     # ------------------------------------------------------------------ one batch, one step
 
-    def run_batch(self, examples: list[TokenizedExample], module: nn.Module) -> tuple[torch.Tensor, int, int]:
-        """(sum of losses, labelled positions, tokens) of one local batch."""
+    def run_batch(self, examples: list[TokenizedExample], module: nn.Module,
+                  **kwargs: Any) -> tuple[torch.Tensor, Any, int]:
+        """(the module's two outputs, tokens) of one local batch: (sum of CE, labelled positions) for the
+        evaluation's StepLoss, (scaled loss, term sums) for the training objective (`scales=`)."""
         batch = collate(examples, self.pad_id)
         states = None
         if self.cache is not None:
             self.cache.fill(self.model, batch)
             states = self.cache.batch_states(batch, self.device)
         with self.precision.autocast(self.device):
-            loss_sum, n = module(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
-                                 batch["labels"].to(self.device), states)
-        return loss_sum, n, int(batch["attention_mask"].sum())
+            out, extra = module(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
+                                batch["labels"].to(self.device), states, **kwargs)
+        return out, extra, int(batch["attention_mask"].sum())
 
     def _start_step(self, step: int) -> None:
         """Callbacks first: a callback that replaced parameters needs a new optimizer (and maybe prefix)."""
@@ -197,30 +207,34 @@ class TrainLoop:
         config, acc = self.config, self.accelerator
         bs, ga = config.batch_size, config.grad_accum
         micro = [self.schedule[step * ga + a] for a in range(ga)]
-        n_global = sum(self.train[i].num_labels for mb in micro for i in mb)
+        global_examples = [self.train[i] for mb in micro for i in mb]
+        scales = self.objective.scales(global_examples)  # each term's weight / its global count
         t0 = time.perf_counter()
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        parts_acc = torch.zeros(3, dtype=torch.float64, device=self.device)
         tokens = 0
         for a, mb in enumerate(micro):
             sync = acc.no_sync(self.wrapped) if a < ga - 1 and self.world > 1 else nullcontext()
             with sync:
                 rows = mb[self.rank * bs: (self.rank + 1) * bs]
-                loss_sum, _, n_tok = self.run_batch([self.train[i] for i in rows], self.wrapped)
-                acc.backward(loss_sum * (self.world / n_global))
-            loss_acc += loss_sum.detach().double()
+                loss, parts, n_tok = self.run_batch([self.train[i] for i in rows], self.wrapped, scales=scales)
+                acc.backward(loss * self.world)  # DDP averages gradients over processes
+            loss_acc += loss.detach().double()
+            parts_acc += parts
             tokens += n_tok
         params = [p for _, p in trainable_named_params(self.model)]
         max_norm = config.clip_grad_norm if config.clip_grad_norm is not None else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = float(acc.reduce(loss_acc, "sum")) / n_global
+        loss = float(acc.reduce(loss_acc, "sum"))
+        terms = term_means(acc.reduce(parts_acc, "sum"), global_examples, config)
         tokens = int(acc.reduce(torch.tensor(tokens, device=self.device), "sum"))
         dt = time.perf_counter() - t0
         state.step, state.data_position, state.last_loss = step + 1, (step + 1) * ga, loss
         state.tokens += tokens
         state.train_s += dt
-        return {"step": step + 1, "loss": loss, "lr": lr_at(step, config), "grad_norm": grad_norm,
+        return {"step": step + 1, "loss": loss, **terms, "lr": lr_at(step, config), "grad_norm": grad_norm,
                 "tokens_per_s": tokens / dt, "tokens": state.tokens, "memory_bytes": current_memory()[0]}
 
     # ------------------------------------------------------------------ evaluation and checkpoints

@@ -1,0 +1,24 @@
+"""A grid whose KAN is distilled bottom-up and then recovered by distillation from the original model."""
+
+from __future__ import annotations
+
+from kallm.experiment import run_experiment
+from kallm.io import read_jsonl
+from tests.experiment.test_runner import chat_file, tiny_base, write_config  # noqa: F401 - fixtures
+
+
+def test_sequential_distill_then_kd_runs_from_the_config_alone(tmp_path, tiny_base, chat_file, shared_data):  # noqa: F811
+    path = write_config(
+        tmp_path, tiny_base, chat_file, shared_data, seeds=[0],
+        variants=[{"name": "kan", "spec": "kan:chebyshev2:2", "init": "distill"}],
+        distill={"tokens": 512, "mode": "sequential", "target": "block"},
+    )
+    text = path.read_text().replace("prefix_cache: true", "prefix_cache: true\n  loss: ce+kd\n  kd_positions: all")
+    path.write_text(text)
+    out = run_experiment(path, progress=False)
+    (record,) = read_jsonl(out / "results.jsonl")
+    assert sorted(record["distill"]["fvu"]) == ["2", "3"]
+    assert all(0 <= v < 1.5 for v in record["distill"]["fvu"].values())
+    steps = [r for r in read_jsonl(out / record["train"]["metrics_path"]) if "loss" in r]
+    assert len(steps) == 4 and all({"ce", "kd"} <= set(r) for r in steps)
+    assert (out / "cache" / "prefix-train-layer2.safetensors").is_file()  # the fit's prefix states were shared
