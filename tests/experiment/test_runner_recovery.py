@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kallm.experiment import run_experiment
 from kallm.io import read_jsonl
-from tests.experiment.test_runner import chat_file, tiny_base, write_config  # noqa: F401 - fixtures
+from tests.experiment.test_runner import write_config
 
 
 def test_sequential_distill_then_kd_runs_from_the_config_alone(tmp_path, tiny_base, chat_file, shared_data):  # noqa: F811

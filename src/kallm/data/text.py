@@ -41,14 +41,16 @@ class TextSet:
 
 
 def _first_row(path: Path) -> dict | None:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
+    """The first row of a JSON-lines file, or None when it has none that reads (the chat loader then says
+    what is wrong with the file)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
                     row = json.loads(line)
-                except json.JSONDecodeError:
-                    return None
-                return row if isinstance(row, dict) else None
+                    return row if isinstance(row, dict) else None
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+        return None
     return None
 
 
