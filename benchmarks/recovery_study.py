@@ -66,6 +66,25 @@ RECIPES: dict[str, Recipe] = {
     "seq-block+kd-lr4e-3": Recipe(train={"loss": "kd", "lr": 4e-3}),
     "seq-block+kd-blocks": Recipe(freeze="blocks", train={"loss": "kd"}),
     "linear-matched:seq-block+kd": Recipe(variant=MATCHED_LINEAR, train={"loss": "kd"}),
+    "linear-matched:seq-block-32k+kd-lr1e-3": Recipe(variant=MATCHED_LINEAR, fit_tokens=32768,
+                                                     train={"loss": "kd", "lr": 1e-3}),
+    "linear-matched:seq-block+kd-blocks": Recipe(variant=MATCHED_LINEAR, freeze="blocks", train={"loss": "kd"}),
+    "seq-block-32k+kd": Recipe(fit_tokens=32768, train={"loss": "kd"}),
+    "seq-block-32k+kd-lr1e-3": Recipe(fit_tokens=32768, train={"loss": "kd", "lr": 1e-3}),
+    "seq-block-32k+kd-lr5e-4": Recipe(fit_tokens=32768, train={"loss": "kd", "lr": 5e-4}),
+    "seq-block-32k+kd-lr1e-3-80": Recipe(fit_tokens=32768, train={"loss": "kd", "lr": 1e-3, "steps": 80}),
+    "seq-block-32k+kd-all-lr1e-3": Recipe(fit_tokens=32768, train={"loss": "kd", "kd_positions": "all", "lr": 1e-3}),
+    "seq-block-64k+kd-lr1e-3": Recipe(fit_tokens=65536, train={"loss": "kd", "lr": 1e-3}),
+    "seq-block-32k+kd-blocks": Recipe(fit_tokens=32768, freeze="blocks", train={"loss": "kd"}),
+    # at most the original FFN's parameter count (2,654,208 per layer): degree 6, one layer, still linear in weights
+    "cheb2:6 seq-block-32k+kd": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768, train={"loss": "kd"}),
+    "cheb2:6 seq-block-32k+kd-lr5e-4": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768,
+                                              train={"loss": "kd", "lr": 5e-4}),
+    "cheb2:6 seq-block-32k+kd-lr1e-3": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768,
+                                              train={"loss": "kd", "lr": 1e-3}),
+    # two KAN layers (576 -> 576 -> 576) at the original FFN's count: products of inputs become possible
+    "2-layer@match seq-block+kd": Recipe(variant=f"kan:sequential({KAN[4:]},{KAN[4:]})@budget=match",
+                                         train={"loss": "kd"}),
     # init only (no recovery): what the fit alone buys
     "seq-block-16k": Recipe(fit_tokens=16384, train={"steps": 0}),
     "seq-block-32k": Recipe(fit_tokens=32768, train={"steps": 0}),
@@ -82,6 +101,7 @@ class Study:
         from kallm.experiment.heldout import HELDOUT_SEED
         from kallm.heldout import carve_heldout
         from kallm.models import load_model
+        from kallm.precision import resolve_precision
 
         self.out = out
         (out / "cache").mkdir(parents=True, exist_ok=True)
@@ -91,15 +111,16 @@ class Study:
         self.heldout, self.train_data = carve_heldout(data, 128, self.tokenizer, DEMO_TRAIN["max_length"],
                                                       HELDOUT_SEED)
         self.caches: dict[str, object] = {}
+        self.precision = resolve_precision("auto", torch.device("cpu"))  # the demo's train and eval precision
 
     def cache(self, model, name: str, layer: int):
-        from kallm.training.prefix import PrefixCache, prefix_fingerprint
+        """One prefix cache per data set, in the precision the runs compute in (as a grid keeps them)."""
+        from kallm.training.prefix import PrefixCache
 
         if name not in self.caches:
-            path = self.out / "cache" / f"prefix-{name}-layer{layer}.safetensors"
-            cache = PrefixCache.load(path) if path.is_file() else PrefixCache(layer, prefix_fingerprint(model, layer))
-            cache.path = path
-            self.caches[name] = cache
+            path = self.out / "cache" / f"prefix-{name}-layer{layer}-{self.precision.name}.safetensors"
+            self.caches[name] = PrefixCache.for_model(path, model, layer, self.precision.storage_dtype,
+                                                      self.precision.name)
         return self.caches[name]
 
     def save_caches(self) -> None:
@@ -108,10 +129,12 @@ class Study:
                 cache.save(cache.path)
 
     def score(self, model, layer: int):
+        """Held-out NLL in the demo's evaluation precision (`auto`), the shared layers from the cache."""
         from kallm.heldout import score_heldout
 
-        return score_heldout(model, self.heldout, name="heldout", pad_id=self.pad, layer_index=layer,
-                             cache=self.cache(model, "heldout", layer), batch_size=16)
+        with self.precision.autocast("cpu"):
+            return score_heldout(model, self.heldout, name="heldout", pad_id=self.pad, layer_index=layer,
+                                 cache=self.cache(model, "heldout", layer), batch_size=16)
 
 
 def _init(study: Study, model, recipe: Recipe, seed: int, layer: int) -> dict:
