@@ -11,7 +11,7 @@ import torch
 from kallm.errors import KallmError
 from kallm.models import load_model
 from kallm.retrofitting.folder import MANIFEST, load_retrofit, save_retrofit
-from kallm.retrofitting.identity import base_fingerprint, fingerprint_difference
+from kallm.retrofitting.identity import base_fingerprint, fingerprint_difference, sample_indices
 from kallm.retrofitting.surgery import retrofit
 from tests.tiny_models import make_tiny_model
 
@@ -92,3 +92,10 @@ def test_a_manifest_without_fingerprint_loads_with_a_warning(saved, tmp_path, ca
     (old / MANIFEST).write_text(json.dumps(manifest))
     load_retrofit(old)
     assert "records no base fingerprint" in caplog.text
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 28_311_552, 49_152 * 576 + 1, 2**31 + 3])
+def test_samples_stay_inside_large_tensors(n):
+    index = sample_indices(n, 64)  # float32 spacing put the last sample of SmolLM2's embedding one past the end
+    assert int(index.min()) == 0 and int(index.max()) == n - 1
+    assert len(index) == min(n, 64) and bool((index[1:] > index[:-1]).all())

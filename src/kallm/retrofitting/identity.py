@@ -38,6 +38,12 @@ def _frozen_base_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [frozen[i] for i in picks]
 
 
+def sample_indices(n: int, k: int) -> torch.Tensor:
+    """min(k, n) indices spread evenly over 0..n-1, both ends included. float64, because float32 cannot hold
+    every index of a large tensor (28,311,551 rounds up to 28,311,552, one past the end of a 49152x576 matrix)."""
+    return torch.linspace(0, n - 1, min(k, n), dtype=torch.float64).round().long().clamp_(0, n - 1)
+
+
 def _fingerprint(model: nn.Module, named: list[tuple[str, torch.Tensor | None]]) -> dict[str, Any]:
     tensors: dict[str, Any] = {}
     with torch.no_grad():
@@ -48,7 +54,7 @@ def _fingerprint(model: nn.Module, named: list[tuple[str, torch.Tensor | None]])
             flat = p.detach().reshape(-1)
             if flat.device.type == "meta":
                 raise KallmError("cannot fingerprint a model without weights (meta device)")
-            index = torch.linspace(0, flat.numel() - 1, min(SAMPLES, flat.numel())).round().long().to(flat.device)
+            index = sample_indices(flat.numel(), SAMPLES).to(flat.device)
             tensors[name] = {"shape": list(p.shape), "samples": flat[index].float().cpu().tolist()}
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     body = {"model_type": getattr(getattr(model, "config", None), "model_type", None), "dtype": dtype,
