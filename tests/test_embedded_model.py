@@ -1,4 +1,4 @@
-"""The real embedded SmolLM2-135M-Instruct: the study's parameter counts and a retrofitted generation."""
+"""The real embedded SmolLM2-135M-Instruct: the study's parameter counts, a retrofitted generation, save and load."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def test_study_trainable_counts(embedded_dir, variant, trainable):
     assert trainable == 5 * (884_736 + 1_152 + ffn) + 28_311_552
 
 
-def test_retrofit_and_generate(embedded_model):
+def test_retrofit_and_generate(embedded_model, tmp_path):
     from kallm.models import load_model
+    from kallm.retrofitting.folder import load_retrofit, save_retrofit
 
     model, tok = load_model(str(embedded_model[0].config._name_or_path))
     retrofit(model, layers="last:5", variant="kan:chebyshev2:2", freeze="ffn", seed=0)
@@ -35,3 +36,8 @@ def test_retrofit_and_generate(embedded_model):
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 16
     assert torch.isfinite(model(**ids).logits).all()
+    # saved with its base's fingerprint (which samples the 28M-element embedding) and loaded back exactly
+    save_retrofit(model, tmp_path / "retrofit")
+    loaded, _ = load_retrofit(tmp_path / "retrofit")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**ids).logits, model(**ids).logits, rtol=0, atol=0)
