@@ -59,7 +59,7 @@ def evaluate_arms(model, tokenizer, args: argparse.Namespace, precisions: dict) 
             for arm in order:
                 out = Path(tmp) / f"{arm}-{task}"
                 t0 = time.perf_counter()
-                with torch.inference_mode(), precisions[arm].autocast(device):
+                with torch.inference_mode(), precisions[arm].autocast(device, model):
                     result = evaluate_bbh(model, tokenizer, tasks=[task], mode="mc", limit=args.limit,
                                           data_dir=args.data_dir, batch_size=args.batch_size, out_dir=out,
                                           progress=False)

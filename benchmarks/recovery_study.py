@@ -50,6 +50,7 @@ class Recipe:
     freeze: str = "ffn"
     fit_tokens: int = 8192  # distill.tokens (the demo's)
     train: dict = field(default_factory=dict)  # TrainConfig overrides of DEMO_TRAIN; steps 0: init only
+    distill: dict = field(default_factory=dict)  # DistillConfig overrides (AdamW steps and lr of a stack's fit)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -85,6 +86,15 @@ RECIPES: dict[str, Recipe] = {
     # two KAN layers (576 -> 576 -> 576) at the original FFN's count: products of inputs become possible
     "2-layer@match seq-block+kd": Recipe(variant=f"kan:sequential({KAN[4:]},{KAN[4:]})@budget=match",
                                          train={"loss": "kd"}),
+    # the same stack, started as a one-layer fit (first layer fitted to pass its input on, the last solved),
+    # then fitted by AdamW on the block targets, then KD
+    "2-layer@match seq-block-32k+kd-lr1e-3": Recipe(variant=f"kan:sequential({KAN[4:]},{KAN[4:]})@budget=match",
+                                                    fit_tokens=32768, train={"loss": "kd", "lr": 1e-3}),
+    "2-layer@match seq-block-32k-adamw3e-4+kd-lr1e-3": Recipe(
+        variant=f"kan:sequential({KAN[4:]},{KAN[4:]})@budget=match", fit_tokens=32768,
+        distill={"lr": 3e-4}, train={"loss": "kd", "lr": 1e-3}),
+    "2-layer@match seq-block-32k": Recipe(variant=f"kan:sequential({KAN[4:]},{KAN[4:]})@budget=match",
+                                          fit_tokens=32768, train={"steps": 0}),
     # init only (no recovery): what the fit alone buys
     "seq-block-16k": Recipe(fit_tokens=16384, train={"steps": 0}),
     "seq-block-32k": Recipe(fit_tokens=32768, train={"steps": 0}),
@@ -149,7 +159,7 @@ def _init(study: Study, model, recipe: Recipe, seed: int, layer: int) -> dict:
     if recipe.init == "random":
         return {"wall_s": 0.0}
     cfg = DistillConfig(tokens=recipe.fit_tokens, mode="sequential" if recipe.init == "sequential" else "layerwise",
-                        target=recipe.target if recipe.init == "sequential" else "ffn")
+                        target=recipe.target if recipe.init == "sequential" else "ffn", **recipe.distill)
     examples, _ = prepare_data(study.tokenizer, study.train_data, TrainConfig(**_train_settings(recipe, seed)))
     batches = token_batches(examples, study.pad, cfg.tokens)
     start = time.perf_counter()

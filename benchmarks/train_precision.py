@@ -8,7 +8,9 @@ labelled-positions float32 loss) on its own copy of the embedded SmolLM2 retrofi
 (default last:5, kan:chebyshev2:2, seed 0), with the same conversations, batches and held-out set.
 The arms run in lockstep: step s of every arm (in an order that rotates each step) before step s+1
 of any, so load from other processes falls on every arm alike. tokens/s counts training steps only
-(what `kallm train` reports); the held-out loss is each loop's own evaluation after the last step.
+(what `kallm train` reports) after `--warmup` steps that are trained but not timed (the first bf16 step
+compiles oneDNN's kernels: seconds, once per process; its time is reported apart); the held-out loss is
+each loop's own evaluation after the last step.
 
 An arm is PRECISION (fp32 | auto | bf16) or PRECISION/cache:DTYPE: train with the frozen prefix's
 hidden states cached (computed in the arm's precision) and stored as DTYPE (fp32 | bf16) — the
@@ -38,7 +40,8 @@ STORAGE = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arms", default="fp32,auto", help="comma-separated PRECISION or PRECISION/cache:DTYPE")
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=12, help="timed steps")
+    p.add_argument("--warmup", type=int, default=1, help="steps trained first, not timed")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--length", type=int, default=256, help="max_length in tokens")
     p.add_argument("--conversations", type=int, default=400, help="first N conversations of the data")
@@ -59,7 +62,7 @@ def make_arm(label: str, args: argparse.Namespace, conversations, out: Path):
     from kallm.training.prefix import PrefixCache, prefix_fingerprint
 
     precision, _, storage = label.partition("/cache:")
-    config = TrainConfig(steps=args.steps, batch_size=args.batch, max_length=args.length, warmup_steps=2,
+    config = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch, max_length=args.length, warmup_steps=2,
                          eval_every=0, eval_batches=None, val_size=args.val_size, save_every=0, seed=0,
                          precision=precision, max_conversations=args.conversations)
     model, tokenizer = load_model()
@@ -82,18 +85,23 @@ def main() -> None:
     conversations = load_conversations(args.data, max_conversations=args.conversations)
     with tempfile.TemporaryDirectory(prefix="kallm-precision-") as tmp:
         arms = {label: make_arm(label, args, conversations, Path(tmp)) for label in labels}
-        for step in range(args.steps):
+        start = {}
+        for step in range(args.warmup + args.steps):
+            if step == args.warmup:
+                start = {label: (state.tokens, state.train_s) for label, (_, state) in arms.items()}
             order = labels[step % len(labels):] + labels[:step % len(labels)]
             for label in order:
                 loop, state = arms[label]
                 record = loop.step(step, state)
-                print(f"step {step + 1}/{args.steps} {label}: loss {record['loss']:.4f}, "
+                print(f"step {step + 1}/{args.warmup + args.steps} {label}: loss {record['loss']:.4f}, "
                       f"{record['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
         rows = []
         for label in labels:
             loop, state = arms[label]
+            tokens, train_s = state.tokens - start[label][0], state.train_s - start[label][1]
             rows.append({"arm": label, "computes_in": loop.precision.name, "reason": loop.precision.reason,
-                         "tokens": state.tokens, "train_s": state.train_s, "tokens_per_s": state.tokens / state.train_s,
+                         "tokens": tokens, "train_s": train_s, "tokens_per_s": tokens / train_s,
+                         "warmup_s": start[label][1],
                          "final_train_loss": state.last_loss, "held_out_loss": loop.evaluate()})
     report(args, rows)
 
@@ -102,14 +110,15 @@ def report(args: argparse.Namespace, rows: list[dict]) -> None:
     ref = rows[0]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.layers} {args.variant}, "
-          f"{args.steps} steps of {args.batch}x{args.length} tokens of {Path(args.data).name}, arms in lockstep; "
+          f"{args.steps} timed steps (after {args.warmup} untimed) of {args.batch}x{args.length} tokens of "
+          f"{Path(args.data).name}, arms in lockstep; "
           f"held-out loss on {args.val_size} conversations; load average {load:.1f} at the end\n")
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / ref["tokens_per_s"]
         r["loss_change"] = r["held_out_loss"] / ref["held_out_loss"] - 1
-    print_table(["arm", "computes in", "tokens/s", f"x {ref['arm']}", "held-out loss", f"vs {ref['arm']}",
-                 "last train loss"],
-                [[r["arm"], r["computes_in"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.2f}x",
+    print_table(["arm", "computes in", "tokens/s", f"x {ref['arm']}", "untimed warm-up", "held-out loss",
+                 f"vs {ref['arm']}", "last train loss"],
+                [[r["arm"], r["computes_in"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.2f}x", f"{r['warmup_s']:.1f} s",
                   f"{r['held_out_loss']:.4f}", f"{r['loss_change']:+.2%}", f"{r['final_train_loss']:.4f}"]
                  for r in rows])
     print_resolutions(rows)

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import difflib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from kallm.errors import KallmError
+from kallm.frozen_bf16 import frozen_weights_in_bf16
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ class Precision:
         """The dtype for activations kept between steps (prefix caches): bf16 runs keep them in bf16."""
         return torch.bfloat16 if self.bf16 else torch.float32
 
-    def autocast(self, device: torch.device | str) -> contextlib.AbstractContextManager:
-        return autocast(self.name, device)
+    def autocast(self, device: torch.device | str,
+                 *modules: torch.nn.Module | None) -> contextlib.AbstractContextManager:
+        return autocast(self.name, device, *modules)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,11 +69,22 @@ class Precision:
         return self.name if self.requested == self.name else f"{self.name} ({self.requested}: {self.reason})"
 
 
-def autocast(compute: Compute, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on `device` for 'bf16'; for 'fp32' autocast is switched *off* inside the block."""
+def autocast(compute: Compute, device: torch.device | str,
+             *modules: torch.nn.Module | None) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` for 'bf16'; for 'fp32' autocast is switched *off* inside the block.
+
+    `modules`: the models the block runs. On a CPU their frozen matmul weights are swapped for bf16
+    copies made once (`kallm.frozen_bf16`) instead of being cast again on every call."""
     if compute not in ("fp32", "bf16"):
         raise KallmError(f"compute precision must be 'fp32' or 'bf16', got {compute!r}")
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=compute == "bf16")
+    return _autocast(compute == "bf16", torch.device(device).type, modules)
+
+
+@contextlib.contextmanager
+def _autocast(bf16: bool, device_type: str, modules: tuple) -> Iterator[None]:
+    swap = frozen_weights_in_bf16(*modules) if bf16 and device_type == "cpu" else contextlib.nullcontext()
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16), swap:
+        yield
 
 
 def precision_problem(name: object) -> str | None:

@@ -165,6 +165,38 @@ def test_adamw_two_layer_kan_starts_from_a_least_squares_last_layer(original, io
         assert f.method == "adamw" and f.fvu < 2.0 and f.fvu < 1e-3 * random_fvu[f.layer]
 
 
+def test_a_mlp_output_projection_is_solved_before_adamw():
+    """A SwiGLU whose down projection alone is wrong is fitted exactly by the warm start (no AdamW needed)."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from kallm.retrofitting.distill import _warm_start_output_projection
+
+    torch.manual_seed(0)
+    teacher = LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=48))
+    student = copy.deepcopy(teacher)
+    torch.nn.init.normal_(student.down_proj.weight)
+    x = torch.randn(512, teacher.hidden_size)
+    with torch.no_grad():
+        y = teacher(x)
+    assert fvu(student(x).detach(), y) > 1.0
+    assert _warm_start_output_projection(student, x, y, ridge=1e-10)
+    assert fvu(student(x).detach(), y) < 1e-8
+
+
+def test_a_two_layer_kan_starts_as_a_one_layer_fit_with_its_input_carried(original, io):
+    """The first of two square KAN layers is fitted to pass its input on, so the stack starts as good as the
+    one-layer least-squares fit (and far better than its random-feature start was)."""
+    single = copy.deepcopy(original)
+    retrofit(single, layers="last:2", variant="kan:chebyshev2:2", seed=0)
+    one_layer = {f.layer: f.fvu for f in distill_retrofit(single, io, DistillConfig(tokens=2048), progress=False)}
+    stack = copy.deepcopy(original)
+    retrofit(stack, layers="last:2", variant="kan:sequential(chebyshev2:2,chebyshev2:2;hidden=32)", seed=0)
+    fits = distill_retrofit(stack, io, DistillConfig(tokens=2048, steps=1, lr=1e-9), progress=False)
+    for f in fits:
+        assert f.fvu < 1.5 * one_layer[f.layer] + 1e-3, (f.layer, f.fvu, one_layer[f.layer])
+
+
 def test_distill_errors(original, io):
     with pytest.raises(KallmError, match="apply kallm.retrofit first"):
         distill_retrofit(copy.deepcopy(original), io)

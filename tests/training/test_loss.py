@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kallm.training.loss import check_lm_head, labelled_lm_loss, linear_cross_entropy_sum
+from kallm.training.loss import (
+    CHUNK_BYTES,
+    check_lm_head,
+    chunk_rows,
+    labelled_lm_loss,
+    linear_cross_entropy_sum,
+    softmax_and_ce,
+)
 from kallm.training.prefix import tail_hidden_states
 from tests.tiny_models import make_tiny_model
 
@@ -74,3 +81,23 @@ def test_no_labels_gives_zero_loss():
     hidden = torch.randn(1, 5, 4)
     total, n = labelled_lm_loss(hidden, torch.full((1, 5), -100), head)
     assert n == 0 and float(total) == 0.0
+
+
+def test_softmax_and_ce_is_exact_where_the_target_probability_underflows():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [0.0, -200.0, 300.0], [5.0, 5.0, 5.0]])
+    targets = torch.tensor([2, 1, 0])
+    probs, ce = softmax_and_ce(logits, targets)
+    expected = torch.logsumexp(logits.double(), 1) - logits.double()[torch.arange(3), targets]
+    torch.testing.assert_close(ce.double(), expected, rtol=1e-6, atol=1e-6)  # row 1: p = e^-500 -> 0
+    torch.testing.assert_close(probs, torch.softmax(logits, 1))
+    _, ce_bf16 = softmax_and_ce(logits.to(torch.bfloat16), targets)
+    assert ce_bf16.dtype == torch.float32 and torch.isfinite(ce_bf16).all()
+
+
+def test_chunk_rows_bounds_16_bit_chunks_only():
+    vocab = 49152
+    assert chunk_rows(1024, vocab, torch.float32) == 1024
+    rows = chunk_rows(1024, vocab, torch.bfloat16)
+    assert 16 <= rows < 1024 and rows * vocab * 4 <= CHUNK_BYTES
+    assert chunk_rows(8, vocab, torch.bfloat16) == 8
+    assert chunk_rows(1024, 10**9, torch.bfloat16) == 16

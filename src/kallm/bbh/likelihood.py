@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from kallm.bbh.generation import cache_argument, plan_batches, prefill
+from kallm.frozen_bf16 import float32_output_head
 from kallm.progress import progress_bar
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -123,14 +124,17 @@ def loglikelihoods(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     bar = progress_bar(total=len(pairs), progress=progress, desc=desc, unit="cand")
+    # scores are sums of log-probabilities: the head runs in float32 even under bf16 (see float32_output_head)
     try:
-        if forward_fn is not None:
-            return _full_rows(pairs, forward_fn, model.get_output_embeddings(), batch_size, device, pad_id, bar)
-        if any(not cont for _, cont in pairs):
-            def default_forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                return model(input_ids=ids, attention_mask=mask).logits
+        with float32_output_head(model):
+            if forward_fn is not None:
+                head = model.get_output_embeddings()
+                return _full_rows(pairs, forward_fn, head, batch_size, device, pad_id, bar)
+            if any(not cont for _, cont in pairs):
+                def default_forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                    return model(input_ids=ids, attention_mask=mask).logits
 
-            return _full_rows(pairs, default_forward, lambda x: x, batch_size, device, pad_id, bar)
-        return _shared_context(pairs, model, batch_size, device, pad_id, bar)
+                return _full_rows(pairs, default_forward, lambda x: x, batch_size, device, pad_id, bar)
+            return _shared_context(pairs, model, batch_size, device, pad_id, bar)
     finally:
         bar.close()

@@ -64,6 +64,8 @@ def format_table(scores: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from kallm.bbh import EvalSettings, evaluate_bbh, select_tasks
     from kallm.bbh.tasks import resolve_data_dir
     from kallm.io import check_output_dir
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     precision = resolve_precision(args.precision, device)
     log.info("evaluating in %s", precision)
-    with precision.autocast(device):
+    with torch.inference_mode(), precision.autocast(device, model):
         scores = evaluate_bbh(model, tokenizer, tasks=args.tasks, mode=args.mode, limit=args.limit,
                               data_dir=args.data_dir, batch_size=args.batch_size, chat_template=args.chat_template,
                               max_gen_toks=args.max_gen_toks, out_dir=args.out, progress=args.progress)

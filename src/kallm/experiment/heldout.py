@@ -84,7 +84,7 @@ class GridHeldout:
         for name, examples in self.examples().items():
             cache = self._cache(model, name, layer_index)
             device = next(model.parameters()).device
-            with self.precision.autocast(device):
+            with self.precision.autocast(device, model):
                 scores[name] = score_heldout(model, examples, name=name, pad_id=pad, layer_index=layer_index,
                                              cache=cache, batch_size=self.config.eval.heldout_batch_size,
                                              chunk_size=self.config.train.logits_chunk_size, progress=self.progress)

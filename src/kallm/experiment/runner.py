@@ -142,7 +142,7 @@ class GridRunner:
             except KallmError as exc:
                 log.warning("%s; collecting the activations again", exc)
         if self._distill_io is None:
-            with self.train_precision.autocast(self.device):  # the FFNs as training will run them
+            with self.train_precision.autocast(self.device, model):  # the FFNs as training will run them
                 self._distill_io = collect_ffn_io(model, self.distill_batches(tokenizer), indices, cfg.tokens,
                                                   progress=self.progress)
             with self.cache_lock():
@@ -319,7 +319,7 @@ class GridRunner:
         model.eval()
         forward = self.eval_forward(model, report)
         t0 = time.perf_counter()
-        with torch.inference_mode(), self.eval_precision.autocast(self.device):
+        with torch.inference_mode(), self.eval_precision.autocast(self.device, model):
             scores = evaluate_bbh(model, tokenizer, tasks=ecfg.tasks, mode=ecfg.mode, limit=ecfg.limit,
                                   data_dir=self.config.bbh_data_dir(), batch_size=ecfg.batch_size,
                                   chat_template=ecfg.chat_template, max_gen_toks=ecfg.max_gen_toks,

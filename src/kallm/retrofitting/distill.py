@@ -180,23 +180,76 @@ def _fit_lstsq(module: nn.Module, x: Tensor, y: Tensor, ridge: float, chunk: int
 
 
 def _warm_start_last_layer(module: nn.Module, x: Tensor, y: Tensor, ridge: float) -> None:
-    """Solve a stack's last layer by least squares on the first layers' (random) features.
+    """Start a stack close to a one-layer fit: earlier layers pass their input on, the last is solved.
 
-    A random init's output is often orders of magnitude off the target's scale; AdamW moves each
-    weight by about lr per step, so without this it spends its whole budget shrinking the output.
+    Each earlier layer that is linear in its weights is first fitted (least squares) to carry its input
+    through: to the input itself when it is square, to the input's leading principal components when it
+    is narrower (random features otherwise). The last layer is then solved by least squares on what
+    they give. A random stack's output is often orders of magnitude off the target's scale, and random
+    features lose most of the input: AdamW moves each weight by about lr per step and spent its whole
+    budget undoing that (measured: a two-layer KAN at the original's parameter count diverged at lr 2e-3).
     """
-    last = module.layers[-1]
     with torch.no_grad():
         hidden = x
         for layer in module.layers[:-1]:
+            carried = _carried(hidden, getattr(layer, "out_features", 0)) if _linear_in_weights(layer) else None
+            if carried is not None:
+                _fit_lstsq(layer, hidden, carried, ridge)
             hidden = layer(hidden)
-    _fit_lstsq(last, hidden, y, ridge)
+    _fit_lstsq(module.layers[-1], hidden, y, ridge)
+
+
+def _carried(x: Tensor, width: int) -> Tensor | None:
+    """What a layer of `width` outputs should carry of its input x: x itself, its top principal
+    components when narrower, nothing (None: keep the random init) when wider."""
+    if width == x.shape[1]:
+        return x
+    if not 0 < width < x.shape[1]:
+        return None
+    centred = (x - x.mean(0)).double()
+    _, _, vh = torch.linalg.svd(centred[: min(len(x), 16384)], full_matrices=False)
+    return (x.double() @ vh[:width].T).to(x.dtype)
+
+
+def _warm_start_output_projection(module: nn.Module, x: Tensor, y: Tensor, ridge: float) -> bool:
+    """Solve an MLP's projection back to the hidden size by least squares on its input activations.
+
+    Such an MLP (a SwiGLU, a linear restart, a narrowed control) is linear in that projection's weights
+    given the rest, so the AdamW fit that follows starts from the best output layer for its features,
+    as a KAN starts from its exact solve (measured: 100 AdamW steps alone left the demo's SwiGLU
+    control's fit unconverged). False when there is no single nn.Linear onto y's width.
+    """
+    outs = [m for m in module.modules() if isinstance(m, nn.Linear) and m.out_features == y.shape[1]]
+    if len(outs) != 1:
+        return False
+    out, feats = outs[0], []
+    hook = out.register_forward_pre_hook(lambda _m, args: feats.append(args[0].reshape(-1, out.in_features)))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), 4096):
+                module(x[start:start + 4096])
+    finally:
+        hook.remove()
+    design = torch.cat(feats).double()
+    if out.bias is not None:
+        design = torch.cat([design, design.new_ones(len(design), 1)], dim=1)
+    gram = design.T @ design
+    gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
+    solution = torch.linalg.solve(gram, design.T @ y.double())
+    with torch.no_grad():
+        if out.bias is not None:
+            out.bias.copy_(solution[-1].to(out.bias.dtype))
+            solution = solution[:-1]
+        out.weight.copy_(solution.T.to(out.weight.dtype))
+    return True
 
 
 def _fit_adamw(module: nn.Module, x: Tensor, y: Tensor, cfg: DistillConfig, seed: int) -> None:
     layers = getattr(module, "layers", None)
     if isinstance(layers, nn.ModuleList) and len(layers) > 1 and _linear_in_weights(layers[-1]):
         _warm_start_last_layer(module, x, y, cfg.ridge)
+    else:
+        _warm_start_output_projection(module, x, y, cfg.ridge)
     params = [p for p in module.parameters() if p.requires_grad] or list(module.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1))))

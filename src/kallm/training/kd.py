@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kallm.data.tokenize import IGNORE_INDEX
+from kallm.training.loss import chunk_rows
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class _ChunkedLinearDistill(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
+        chunk_size = chunk_rows(chunk_size, weight.shape[0], weight.dtype)
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             h = hidden[rows]
@@ -143,9 +145,11 @@ def linear_distill_loss(hidden: torch.Tensor, head: nn.Linear, teacher_hidden: t
     t_weight = teacher_head.weight if teacher_head is not None else None
     t_bias = teacher_head.bias if teacher_head is not None else None
     if torch.is_autocast_enabled(hidden.device.type):
+        # both heads in the autocast dtype, as autocast would run them: the teacher's logits are made the
+        # way the student's are (and a float32 teacher head would cost as much as the student's step)
         dtype = torch.get_autocast_dtype(hidden.device.type)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
+        hidden, weight, bias, teacher_hidden, t_weight, t_bias = (
+            None if t is None else t.to(dtype) for t in (hidden, weight, bias, teacher_hidden, t_weight, t_bias))
     with torch.autocast(hidden.device.type, enabled=False):
         return _ChunkedLinearDistill.apply(hidden, weight, bias, teacher_hidden, t_weight, t_bias, targets, terms,
                                            chunk_size)

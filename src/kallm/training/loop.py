@@ -185,7 +185,7 @@ class TrainLoop:
         if self.cache is not None:
             self.cache.fill(self.model, batch)
             states = self.cache.batch_states(batch, self.device)
-        with self.precision.autocast(self.device):
+        with self.precision.autocast(self.device, self.model, self.teacher):
             out, extra = module(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
                                 batch["labels"].to(self.device), states, **kwargs)
         return out, extra, int(batch["attention_mask"].sum())

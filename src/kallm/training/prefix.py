@@ -184,7 +184,7 @@ class PrefixCache:
         mask = batch["attention_mask"][missing]
         width = int(mask.sum(1).max())
         device = next(model.parameters()).device
-        with autocast(self.precision, device):
+        with autocast(self.precision, device, model):
             states = prefix_hidden_states(
                 model, batch["input_ids"][missing, :width].to(device), mask[:, :width].to(device), self.layer_index
             )
