@@ -159,6 +159,12 @@ def fvu(pred: Tensor, target: Tensor) -> float:
     return float((pred - target).pow(2).sum() / var.clamp_min(1e-12))
 
 
+def _ridge_solve(gram: Tensor, rhs: Tensor, ridge: float) -> Tensor:
+    """argmin_W |A W - Y|^2 + lam |W|^2 from A^T A and A^T Y, lam = ridge x the mean of A^T A's diagonal."""
+    gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
+    return torch.linalg.solve(gram, rhs)
+
+
 def _fit_lstsq(module: nn.Module, x: Tensor, y: Tensor, ridge: float, chunk: int = 4096) -> None:
     """Ridge regression on the layer's design matrix, accumulated in chunks (never all features at once)."""
     gram = rhs = None
@@ -170,9 +176,7 @@ def _fit_lstsq(module: nn.Module, x: Tensor, y: Tensor, ridge: float, chunk: int
                 feats = torch.cat([feats, torch.ones(len(feats), 1, dtype=feats.dtype)], dim=1)
             g, r = feats.T @ feats, feats.T @ y[start:start + chunk].double()
             gram, rhs = (g, r) if gram is None else (gram + g, rhs + r)
-        lam = ridge * float(gram.diagonal().mean())
-        gram.diagonal().add_(lam)
-        solution = torch.linalg.solve(gram, rhs)
+        solution = _ridge_solve(gram, rhs, ridge)
         if has_bias:
             module.bias.copy_(solution[-1].to(module.bias.dtype))
             solution = solution[:-1]
@@ -233,9 +237,7 @@ def _warm_start_output_projection(module: nn.Module, x: Tensor, y: Tensor, ridge
     design = torch.cat(feats).double()
     if out.bias is not None:
         design = torch.cat([design, design.new_ones(len(design), 1)], dim=1)
-    gram = design.T @ design
-    gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
-    solution = torch.linalg.solve(gram, design.T @ y.double())
+    solution = _ridge_solve(design.T @ design, design.T @ y.double(), ridge)
     with torch.no_grad():
         if out.bias is not None:
             out.bias.copy_(solution[-1].to(out.bias.dtype))
