@@ -179,6 +179,18 @@ def test_bf16_autocast_on_cpu_tracks_float32(smol_tokenizer, chat, tmp_path):
     assert abs(bf16.final_eval_loss - fp32.final_eval_loss) < 0.05
 
 
+def test_bf16_training_leaves_every_weight_float32_and_the_frozen_ones_untouched(smol_tokenizer, chat, tmp_path):
+    """The frozen weights' bf16 copies (kallm.frozen_bf16) are swapped in only while a step runs."""
+    model = tiny_frozen_model(len(smol_tokenizer))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    train_model(model, smol_tokenizer, chat, BASE.replace(steps=2, save_every=0, eval_every=1, precision="bf16"),
+                tmp_path / "b", progress=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), name
+
+
 def test_auto_on_a_bf16_cpu_trains_in_bf16_and_resumes_exactly(smol_tokenizer, chat, tmp_path, monkeypatch):
     from kallm import precision
 
