@@ -80,3 +80,14 @@ def test_while_autograd_is_off_every_float32_matmul_weight_is_swapped():
     with torch.no_grad(), frozen_weights_in_bf16(net) as n:
         assert n == 3 and net[3].weight.dtype == torch.bfloat16
     assert net[3].weight.dtype == torch.float32 and net[3].weight.requires_grad
+
+
+def test_a_copy_made_during_inference_serves_training_later():
+    lin = nn.Linear(8, 8).requires_grad_(False)
+    with torch.inference_mode(), autocast("bf16", "cpu", lin):
+        lin(torch.randn(2, 8))
+    x = torch.randn(2, 8, requires_grad=True)
+    with autocast("bf16", "cpu", lin):
+        y = lin(x)
+    y.float().sum().backward()
+    assert x.grad is not None and x.grad.shape == (2, 8)

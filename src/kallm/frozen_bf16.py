@@ -39,7 +39,10 @@ def bf16_copy(param: torch.Tensor) -> torch.Tensor:
     key = (param._version, param.data_ptr(), tuple(param.shape))
     hit = _COPIES.get(param)
     if hit is None or hit[0] != key:
-        hit = (key, param.detach().to(torch.bfloat16))
+        # never an inference tensor, even when first made during an evaluation: training reuses the copy,
+        # and autograd cannot save inference tensors for backward
+        with torch.inference_mode(False):
+            hit = (key, param.detach().to(torch.bfloat16))
         _COPIES[param] = hit
     return hit[1]
 
