@@ -34,15 +34,18 @@ def _matmul_module(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def bf16_copy(param: torch.Tensor) -> torch.Tensor:
-    """`param` cast to bf16, cast once and reused until `param` changes (in place or new storage)."""
+def bf16_copy(param: torch.Tensor) -> nn.Parameter:
+    """`param` cast to bf16 (a frozen Parameter), cast once and reused until `param` changes (in place or
+    new storage)."""
     key = (param._version, param.data_ptr(), tuple(param.shape))
     hit = _COPIES.get(param)
     if hit is None or hit[0] != key:
         # never an inference tensor, even when first made during an evaluation: training reuses the copy,
         # and autograd cannot save inference tensors for backward
         with torch.inference_mode(False):
-            hit = (key, param.detach().to(torch.bfloat16))
+            copy = nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
+        _ORIGINALS[copy] = param
+        hit = (key, copy)
         _COPIES[param] = hit
     return hit[1]
 
@@ -75,9 +78,7 @@ def frozen_weights_in_bf16(*modules: nn.Module | None) -> Iterator[int]:
     swapped = []
     try:
         for module, weight in frozen_weights(*modules):
-            copy = nn.Parameter(bf16_copy(weight), requires_grad=False)
-            _ORIGINALS[copy] = weight
-            module._parameters["weight"] = copy
+            module._parameters["weight"] = bf16_copy(weight)
             swapped.append((module, weight))
         yield len(swapped)
     finally:

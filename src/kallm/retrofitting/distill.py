@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -159,28 +159,32 @@ def fvu(pred: Tensor, target: Tensor) -> float:
     return float((pred - target).pow(2).sum() / var.clamp_min(1e-12))
 
 
-def _ridge_solve(gram: Tensor, rhs: Tensor, ridge: float) -> Tensor:
-    """argmin_W |A W - Y|^2 + lam |W|^2 from A^T A and A^T Y, lam = ridge x the mean of A^T A's diagonal."""
+def _ridge_fit(chunks: Iterable[tuple[Tensor, Tensor]], with_bias: bool, ridge: float) -> tuple[Tensor, Tensor | None]:
+    """Ridge least squares from (features, targets) chunks: (W (features, out), bias or None), float64.
+
+    The normal equations are accumulated chunk by chunk (never all features at once); the ridge is
+    `ridge` times the mean of the Gram matrix's diagonal."""
+    gram = rhs = None
+    for feats, target in chunks:
+        feats = feats.double()
+        if with_bias:
+            feats = torch.cat([feats, feats.new_ones(len(feats), 1)], dim=1)
+        g, r = feats.T @ feats, feats.T @ target.double()
+        gram, rhs = (g, r) if gram is None else (gram + g, rhs + r)
     gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
-    return torch.linalg.solve(gram, rhs)
+    solution = torch.linalg.solve(gram, rhs)
+    return (solution[:-1], solution[-1]) if with_bias else (solution, None)
 
 
 def _fit_lstsq(module: nn.Module, x: Tensor, y: Tensor, ridge: float, chunk: int = 4096) -> None:
-    """Ridge regression on the layer's design matrix, accumulated in chunks (never all features at once)."""
-    gram = rhs = None
+    """Ridge regression on the layer's design matrix (its basis expansion)."""
     has_bias = getattr(module, "bias", None) is not None
     with torch.no_grad():
-        for start in range(0, len(x), chunk):
-            feats = module.expand(x[start:start + chunk]).double()
-            if has_bias:
-                feats = torch.cat([feats, torch.ones(len(feats), 1, dtype=feats.dtype)], dim=1)
-            g, r = feats.T @ feats, feats.T @ y[start:start + chunk].double()
-            gram, rhs = (g, r) if gram is None else (gram + g, rhs + r)
-        solution = _ridge_solve(gram, rhs, ridge)
-        if has_bias:
-            module.bias.copy_(solution[-1].to(module.bias.dtype))
-            solution = solution[:-1]
-        module.set_fused_weight(solution.to(torch.float32))
+        chunks = ((module.expand(x[s:s + chunk]), y[s:s + chunk]) for s in range(0, len(x), chunk))
+        weight, bias = _ridge_fit(chunks, has_bias, ridge)
+        if bias is not None:
+            module.bias.copy_(bias.to(module.bias.dtype))
+        module.set_fused_weight(weight.to(torch.float32))
 
 
 def _warm_start_last_layer(module: nn.Module, x: Tensor, y: Tensor, ridge: float) -> None:
@@ -226,24 +230,26 @@ def _warm_start_output_projection(module: nn.Module, x: Tensor, y: Tensor, ridge
     outs = [m for m in module.modules() if isinstance(m, nn.Linear) and m.out_features == y.shape[1]]
     if len(outs) != 1:
         return False
-    out, feats = outs[0], []
-    hook = out.register_forward_pre_hook(lambda _m, args: feats.append(args[0].reshape(-1, out.in_features)))
+    out = outs[0]
+    with torch.no_grad():
+        weight, bias = _ridge_fit(_projection_inputs(module, out, x, y), out.bias is not None, ridge)
+        if bias is not None:
+            out.bias.copy_(bias.to(out.bias.dtype))
+        out.weight.copy_(weight.T.to(out.weight.dtype))
+    return True
+
+
+def _projection_inputs(module: nn.Module, out: nn.Linear, x: Tensor, y: Tensor,
+                       chunk: int = 4096) -> Iterator[tuple[Tensor, Tensor]]:
+    """(what `out` receives, target) per chunk of x, as `module` runs it (a hook on `out`)."""
+    seen: list[Tensor] = []
+    hook = out.register_forward_pre_hook(lambda _m, args: seen.append(args[0].reshape(-1, out.in_features)))
     try:
-        with torch.no_grad():
-            for start in range(0, len(x), 4096):
-                module(x[start:start + 4096])
+        for start in range(0, len(x), chunk):
+            module(x[start:start + chunk])
+            yield seen.pop(), y[start:start + chunk]
     finally:
         hook.remove()
-    design = torch.cat(feats).double()
-    if out.bias is not None:
-        design = torch.cat([design, design.new_ones(len(design), 1)], dim=1)
-    solution = _ridge_solve(design.T @ design, design.T @ y.double(), ridge)
-    with torch.no_grad():
-        if out.bias is not None:
-            out.bias.copy_(solution[-1].to(out.bias.dtype))
-            solution = solution[:-1]
-        out.weight.copy_(solution.T.to(out.weight.dtype))
-    return True
 
 
 def _fit_adamw(module: nn.Module, x: Tensor, y: Tensor, cfg: DistillConfig, seed: int) -> None:
