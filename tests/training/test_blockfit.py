@@ -86,3 +86,18 @@ def test_layer_zero_cannot_be_fitted_sequentially():
         sequential_distill(model, build_teacher(model), _batches(1))
     with pytest.raises(KallmError, match="'ffn' or 'block'"):
         sequential_distill(model, build_teacher(model), _batches(1), target="layer")
+
+
+@pytest.mark.parametrize("target", ["ffn", "block"])
+def test_each_teacher_layer_runs_once_per_batch(target):
+    """The teacher's layer k gives both layer k's fit target and the states entering k + 1 (one pass)."""
+    model = make_tiny_model("llama")
+    retrofit(model, layers="last:2", variant="kan:chebyshev2:2", freeze="ffn", seed=0)
+    teacher = build_teacher(model)
+    calls = {i: 0 for i in range(len(teacher.model.layers))}
+    for i, layer in enumerate(teacher.model.layers):
+        layer.register_forward_hook(lambda _m, _a, _o, i=i: calls.__setitem__(i, calls[i] + 1))
+    batches = _batches(3)
+    sequential_distill(model, teacher, batches, DistillConfig(tokens=100_000), target=target)
+    first = len(teacher.model.layers) - 2
+    assert {i: n for i, n in calls.items() if i >= first} == {first: 3, first + 1: 3}

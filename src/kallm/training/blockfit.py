@@ -80,9 +80,12 @@ def _ffn_ends(model: nn.Module, k: int) -> tuple[nn.Module, nn.Module]:
 
 
 def _layer_pairs(student: nn.Module, teacher: nn.Module, k: int, batches: Sequence[dict[str, Tensor]],
-                 s_states: list[Tensor], t_states: list[Tensor], target: str) -> tuple[Tensor, Tensor]:
-    """(FFN inputs, fit targets) of layer k over the real tokens of all batches."""
+                 s_states: list[Tensor], t_states: list[Tensor], target: str
+                 ) -> tuple[Tensor, Tensor, list[Tensor | None] | None]:
+    """(FFN inputs, fit targets) of layer k over the real tokens of all batches, and for the block target
+    the teacher's states entering layer k + 1 (its layer k ran here on them: not run twice)."""
     store: dict[str, list[Tensor]] = {"x": [], "m": [], "o": [], "y": []}
+    t_next: list[Tensor | None] = []
     s_in, s_out = _ffn_ends(student, k)
     t_in, t_out = _ffn_ends(teacher, k)
     _, s_layers = find_decoder_layers(student)
@@ -97,11 +100,11 @@ def _layer_pairs(student: nn.Module, teacher: nn.Module, k: int, batches: Sequen
                 _run_layer(teacher, k, hs, batch)
         else:  # the original layer's output, minus what the student's layer adds besides its FFN
             with _grab(t_layers[k], store, "y", mask):
-                _run_layer(teacher, k, ht, batch)
+                t_next.append(_run_layer(teacher, k, ht, batch))
     x, y = torch.cat(store["x"]), torch.cat(store["y"])
     if target == "block":
-        y = y - (torch.cat(store["o"]) - torch.cat(store["m"]))
-    return x, y
+        return x, y - (torch.cat(store["o"]) - torch.cat(store["m"])), t_next
+    return x, y, None
 
 
 def _entering_states(model: nn.Module, batch: dict, layer_index: int, cache: PrefixCache | None,
@@ -140,13 +143,14 @@ def sequential_distill(model: nn.Module, teacher: nn.Module, batches: Sequence[d
         _, layers = find_decoder_layers(model)
         for k in progress_bar(range(first, len(layers)), desc="distill (sequential)", unit="layer",
                               progress=progress):
+            t_next = None
             if k in report.layer_indices:
-                x, y = _layer_pairs(model, teacher, k, batches, s_states, t_states, target)
+                x, y, t_next = _layer_pairs(model, teacher, k, batches, s_states, t_states, target)
                 x, y = x[: cfg.tokens], y[: cfg.tokens]
                 fits.append(fit_replacement(replacement_module(layers, k), x, y, cfg, seed * 1000 + k, k))
             s_states = [_run_layer(model, k, h, b) for h, b in zip(s_states, batches)]
             if target == "block":
-                t_states = [_run_layer(teacher, k, h, b) for h, b in zip(t_states, batches)]
+                t_states = t_next or [_run_layer(teacher, k, h, b) for h, b in zip(t_states, batches)]
     finally:
         model.train(was_training)
     return fits
