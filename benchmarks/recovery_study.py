@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data"))
 KAN = "kan:chebyshev2:2"
-MATCHED_LINEAR = "linear@budget=1327104"  # the model's own SwiGLU, narrowed to the KAN's 1,327,104 parameters
+MATCHED_LINEAR = "linear@budget=1327104"  # a fresh SwiGLU of the model's MLP class, narrowed to the KAN's 1,327,104 parameters
 # The demo's training settings (configs/demo.yaml); a recipe overrides some of them.
 DEMO_TRAIN = dict(steps=40, batch_size=4, max_length=192, lr=2e-3, warmup_steps=4, eval_every=0, val_size=16,
                   eval_batches=1, save_every=0, prefix_cache=True, max_conversations=1200)
@@ -45,7 +45,7 @@ class Recipe:
     """An init and a recovery: what a variant of the demo would set."""
 
     variant: str = KAN
-    init: str = "sequential"  # random | layerwise | sequential
+    init: str = "sequential"  # random | layerwise | sequential | original (the original FFNs, to train further)
     target: str = "block"  # sequential distillation's target
     freeze: str = "ffn"
     fit_tokens: int = 8192  # distill.tokens (the demo's)
@@ -89,6 +89,27 @@ RECIPES: dict[str, Recipe] = {
                                                  train={"loss": "kd", "lr": 7e-4, "steps": 80}),
     "cheb2:6 seq-block-32k+kd-lr5e-4-160": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768,
                                                   train={"loss": "kd", "lr": 5e-4, "steps": 160}),
+    # its parameter-matched control: a fresh SwiGLU of the original's size (the linear restart), same recipe
+    "linear:seq-block-32k+kd-lr5e-4-160": Recipe(variant="linear", fit_tokens=32768,
+                                                 train={"loss": "kd", "lr": 5e-4, "steps": 160}),
+    "cheb2:6 seq-block-32k+ce+kd-lr5e-4-80": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768,
+                                                    train={"loss": "ce+kd", "lr": 5e-4, "steps": 80}),
+    "linear:seq-block-32k+ce+kd-lr5e-4-80": Recipe(variant="linear", fit_tokens=32768,
+                                                   train={"loss": "ce+kd", "lr": 5e-4, "steps": 80}),
+    # what the same training does to the original model itself (its last 5 FFNs trained): how much of a
+    # ce recipe's gain is adaptation to the chat data rather than recovery of the original
+    "original-ffn:ce+kd-lr5e-4-80": Recipe(variant="linear", init="original",
+                                           train={"loss": "ce+kd", "lr": 5e-4, "steps": 80}),
+    "original-ffn:ce+kd-lr5e-4-30": Recipe(variant="linear", init="original",
+                                           train={"loss": "ce+kd", "lr": 5e-4, "steps": 30, "warmup_steps": 3}),
+    # the demo's pair (16k-token fit, 30 steps, 100 AdamW steps for the SwiGLU's fit) with ce+kd
+    "seq-block-16k+ce+kd-lr5e-4-30": Recipe(fit_tokens=16384,
+                                            train={"loss": "ce+kd", "lr": 5e-4, "steps": 30, "warmup_steps": 3}),
+    "linear-matched:seq-block-16k+ce+kd-lr5e-4-30": Recipe(
+        variant=MATCHED_LINEAR, fit_tokens=16384, distill={"steps": 100},
+        train={"loss": "ce+kd", "lr": 5e-4, "steps": 30, "warmup_steps": 3}),
+    "seq-block-16k+kd-lr5e-4-30": Recipe(fit_tokens=16384,
+                                         train={"loss": "kd", "lr": 5e-4, "steps": 30, "warmup_steps": 3}),
     "cheb2:6 seq-block-16k+kd-lr5e-4-80": Recipe(variant="kan:chebyshev2:6", fit_tokens=16384,
                                                  train={"loss": "kd", "lr": 5e-4, "steps": 80}),
     # two KAN layers (576 -> 576 -> 576) at the original FFN's count: products of inputs become possible
@@ -165,6 +186,14 @@ def _init(study: Study, model, recipe: Recipe, seed: int, layer: int) -> dict:
     from kallm.training.teacher import build_teacher
 
     if recipe.init == "random":
+        return {"wall_s": 0.0}
+    if recipe.init == "original":  # the reference: the untouched model's own FFNs, trained by the same recipe
+        from kallm.retrofitting.originals import original_modules
+
+        originals = original_modules(model)
+        for module in model.modules():
+            if id(module) in originals:
+                module.kallm_ffn.load_state_dict(originals[id(module)].state_dict())
         return {"wall_s": 0.0}
     cfg = DistillConfig(tokens=recipe.fit_tokens, mode="sequential" if recipe.init == "sequential" else "layerwise",
                         target=recipe.target if recipe.init == "sequential" else "ffn", **recipe.distill)

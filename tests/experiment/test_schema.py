@@ -77,6 +77,8 @@ def test_sections_and_variants_are_typed(tmp_path):
     ("{name: k, spec: 'kan:bspline:2', curriculum: [[0, 1], [5, 2]]}", r"curriculum: basis 'bspline' cannot raise"),
     ("{name: k, spec: 'kan:chebyshev2:2', curriculum: [[0, 1, 2]]}", r"curriculum\[0\]: expected a list of 2 items"),
     ("{name: k, spec: 'kan:chebyshev2:2', init: zeros}", r":4: variants\[0\]\.init: expected one of 'random', "),
+    ("{name: k, spec: 'kan:chebyshev2:2', init: original}", r":4: variants\[0\]\.init: init: original .*needs spec: linear"),
+    ("{name: k, spec: 'linear@budget=0.5', init: original}", r"variants\[0\]\.init: .*at full size, got linear@budget"),
     ("{name: k, spec: mlp}", r":4: variants\[0\]\.spec: unknown variant 'mlp'.* Valid variant names: baseline, kan"),
     ("{name: k, spec: 'kan:chebyshv2:2'}", r":4: variants\[0\]\.spec: in KAN spec .*did you mean 'chebyshev2'"),
     ("{name: k, spec: 'kan:chebyshev2:2@hidden=64'}", r"variants\[0\]\.spec: hidden= needs a multi-layer KAN"),

@@ -97,3 +97,19 @@ def test_the_pareto_figure_plots_the_table(tmp_path):
     assert points["kan (n=2)"] == pytest.approx((6.63552, statistics.mean(nlls["kan"])))
     original = next(line for line in ax.lines if line.get_label() == "baseline (n=1)")
     assert original.get_ydata()[0] == pytest.approx(nlls["baseline"][0])
+
+
+def test_only_a_randomly_initialised_full_size_linear_is_the_linear_restart():
+    from kallm.report.heldout import linear_restart_of
+    from kallm.report.records import VariantSummary
+
+    def summary(name, spec, init, same_as=None):
+        return VariantSummary(name, spec, init, [{"same_as": same_as}])
+
+    tuned = summary("original-tuned", "linear", "original")
+    fitted = summary("linear-fit", "linear", "distill")
+    matched = summary("matched", "linear@budget=1327104", "distill", same_as="kan")
+    restart = summary("linear-restart", "linear", "random")
+    assert [s.is_linear_restart for s in (tuned, fitted, matched, restart)] == [False, False, False, True]
+    assert linear_restart_of([tuned, fitted, matched, restart]) is restart
+    assert linear_restart_of([tuned, fitted]) is None

@@ -7,6 +7,7 @@ import torch
 
 from kallm.errors import KallmError
 from kallm.retrofitting.arch import find_decoder_layers, find_ffn, model_dims
+from kallm.retrofitting.originals import restore_original_weights
 from kallm.retrofitting.report import count_params
 from kallm.retrofitting.surgery import is_new_param, retrofit
 from tests.tiny_models import TINY_CONFIGS, make_tiny_model
@@ -160,3 +161,16 @@ def test_retrofit_twice_is_refused():
     retrofit(model, layers="last:1", variant="linear")
     with pytest.raises(KallmError, match="already retrofitted"):
         retrofit(model, layers="last:1", variant="linear")
+
+
+def test_restored_original_weights_give_the_original_logits():
+    model, ref = make_tiny_model("llama"), make_tiny_model("llama")
+    ids = torch.randint(3, 200, (2, 10), generator=torch.Generator().manual_seed(0))
+    retrofit(model, layers="last:2", variant="linear", freeze="ffn", seed=0)
+    assert not torch.allclose(model(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-3)
+    assert restore_original_weights(model) == 2
+    torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-6, rtol=0)
+    narrow = make_tiny_model("llama")
+    retrofit(narrow, layers="last:2", variant="linear@budget=0.5", freeze="ffn", seed=0)
+    with pytest.raises(KallmError, match="init: original needs replacements shaped like the original"):
+        restore_original_weights(narrow)

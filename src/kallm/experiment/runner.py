@@ -50,6 +50,7 @@ from kallm.retrofitting.distill import (
     save_ffn_io,
 )
 from kallm.retrofitting.layers import parse_layer_spec
+from kallm.retrofitting.originals import restore_original_weights
 from kallm.retrofitting.surgery import refresh_report
 from kallm.runinfo import run_info
 from kallm.training import train_model
@@ -295,6 +296,8 @@ class GridRunner:
         report = retrofit(model, layers=self.config.layers, variant=run.build_spec, freeze=self.config.freeze,
                           seed=seed)
         io = self.distill_batches(tokenizer) if fresh_distill and sequential else io
+        if v.init == "original" and not has_checkpoint:
+            restore_original_weights(model)
         distill_record = self._distill(run, model, io, run_dir)
         scores["init"] = self._initial_scores(model, tokenizer, report, run_dir, has_checkpoint)
         tcfg = self.config.train.train_config(seed)

@@ -39,7 +39,7 @@ from kallm.training.config import TrainConfig
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 Freeze = Literal["ffn", "blocks", "blocks+embeddings", "none"]
-Init = Literal["random", "distill"]
+Init = Literal["random", "distill", "original"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 SAME_AS = "same-as"
@@ -124,6 +124,11 @@ class VariantConfig:
         if self.init is None:
             self.init = "random"
         self._fold_budget()
+        if self.init == "original" and (self.spec.kind != "linear" or self.spec.budget is not None
+                                        or self.spec.hidden is not None or self.same_as or self.curriculum):
+            raise FieldError("init", f"init: original trains the original FFN weights themselves (the reference "
+                                     f"for what the training data alone does); it needs spec: linear at full size, "
+                                     f"got {self.spec}{' with a budget' if self.same_as else ''}")
         if self.curriculum is not None:
             try:
                 self.curriculum = validate_schedule(self.curriculum)

@@ -71,12 +71,8 @@ def original_of(summaries: list[VariantSummary]) -> VariantSummary | None:
 
 
 def linear_restart_of(summaries: list[VariantSummary]) -> VariantSummary | None:
-    """The full-size linear restart (kind linear, no size of its own)."""
-    for s in summaries:
-        v = s.variant
-        if v is not None and v.kind == "linear" and v.budget is None and v.hidden is None and s.same_as is None:
-            return s
-    return None
+    """The full-size linear restart (kind linear, no size of its own, from its random init)."""
+    return next((s for s in summaries if s.is_linear_restart), None)
 
 
 def versus_original(run_dir: Path, summaries: list[VariantSummary], stage: str = "final") -> list[HeldoutComparison]:

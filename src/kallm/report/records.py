@@ -79,6 +79,14 @@ class VariantSummary:
         value = self.first("same_as")
         return str(value) if value else None
 
+    @property
+    def is_linear_restart(self) -> bool:
+        """The study's linear restart: a full-size fresh MLP trained from its random init (not a fitted one,
+        not a control sized to another variant, not the original's own FFNs trained further)."""
+        v = self.variant
+        return (v is not None and v.kind == "linear" and v.budget is None and v.hidden is None
+                and self.same_as is None and self.init in (None, "random"))
+
     def heldout(self, stage: str = "heldout") -> tuple[float | None, float | None, int]:
         """(mean, std, n) over runs of the held-out NLL (`heldout` after training, `heldout_init` before)."""
         return mean_std(self.numbers(f"{stage}.nll"))
@@ -154,15 +162,9 @@ def summarise(records: list[dict[str, Any]]) -> list[VariantSummary]:
 
 def reference_variant(summaries: list[VariantSummary]) -> VariantSummary | None:
     """What the others are compared with: the linear restart if there is one, else the baseline."""
-    def full_size(s: VariantSummary, kind: str) -> bool:
-        v = s.variant
-        return v is not None and v.kind == kind and v.budget is None and v.hidden is None
-
-    for kind in ("linear", "baseline"):  # the full-size linear restart, else the untouched model
-        for s in summaries:
-            if full_size(s, kind) and s.task_scores():
-                return s
-    return None
+    scored = [s for s in summaries if s.task_scores()]
+    restart = next((s for s in scored if s.is_linear_restart), None)
+    return restart or next((s for s in scored if s.variant is not None and not s.variant.trained), None)
 
 
 def all_tasks(summaries: list[VariantSummary]) -> list[str]:
