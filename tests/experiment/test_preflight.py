@@ -28,6 +28,6 @@ def test_the_demo_config_plans_from_any_directory(tmp_path, monkeypatch, shared_
         pytest.skip("the demo config expects the shared data beside the repository")
     monkeypatch.chdir(tmp_path)
     rows = run_experiment(REPO / "configs" / "demo.yaml", dry_run=True)
-    assert [r["run_id"] for r in rows][:2] == ["original", "linear-restart.seed0"]
+    assert [r["run_id"] for r in rows][:2] == ["original", "original-tuned.seed0"]
     assert load_config(REPO / "configs" / "demo.yaml").output_path() == REPO / "runs" / "demo"
     assert not (tmp_path / "runs").exists()

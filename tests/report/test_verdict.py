@@ -26,14 +26,17 @@ GRID = {
 }
 
 
-def make_grid(run_dir: Path) -> dict[str, list[float]]:
+TUNED = "original-tuned"  # the original's own FFNs trained by the recipe (init: original): a reference
+
+
+def make_grid(run_dir: Path, grid: dict = GRID) -> dict[str, list[float]]:
     """results.jsonl + runs/<id>/heldout.json; returns each variant's per-run pooled NLLs."""
     rng = np.random.default_rng(5)
     tokens = rng.integers(10, 200, size=len(KEYS))
     difficulty = rng.normal(2.0, 0.5, size=len(KEYS))
     nlls: dict[str, list[float]] = {}
     records = []
-    for name, (spec, same_as, trainable, shift, acc) in GRID.items():
+    for name, (spec, same_as, trainable, shift, acc) in grid.items():
         for seed in ([None] if spec == "baseline" else [0, 1]):
             run_id = name if seed is None else f"{name}.seed{seed}"
             per_token = difficulty + shift + (0 if seed is None else rng.normal(0, 0.2, size=len(KEYS)))
@@ -49,7 +52,7 @@ def make_grid(run_dir: Path) -> dict[str, list[float]]:
             (folder / "heldout.json").write_text(json.dumps(stages))
             records.append({
                 "run_id": run_id, "variant": name, "spec": spec, "kind": spec.split(":")[0].split("@")[0],
-                "seed": seed, "same_as": same_as, "metric": "acc",
+                "seed": seed, "same_as": same_as, "metric": "acc", "init": "original" if name == TUNED else None,
                 "scores": {"average": acc, "per_task": {t: acc for t in TASKS}, "chance": CHANCE,
                            "n": {t: 20 for t in TASKS}},
                 "params": {"total": 134_515_008 - 6_635_520 * (trainable == 6_635_520), "trainable": trainable},
@@ -82,7 +85,7 @@ def test_heldout_table_pairs_and_verdict(tmp_path):
     assert f"The original model scores {original:.3f} nats" in verdict
     closest = min((n for n in nlls if n != "baseline"), key=lambda n: statistics.mean(nlls[n]))
     assert "are distinguishably worse than the original" in verdict and f"the closest is {closest}." in verdict
-    assert "kan is better than its linear restart linear-restart" in verdict
+    assert "kan is better than linear-restart (its linear restart: " in verdict
     assert "could only detect a difference of about" in verdict and "distinguishable from chance" in verdict
     bbh = table_rows(text, "variant | accuracy")
     assert bbh["kan"][1] == f"{100 * (0.5 + 0.5 + 1 / 6) / 3:.1f}"
@@ -113,3 +116,16 @@ def test_only_a_randomly_initialised_full_size_linear_is_the_linear_restart():
     assert [s.is_linear_restart for s in (tuned, fitted, matched, restart)] == [False, False, False, True]
     assert linear_restart_of([tuned, fitted, matched, restart]) is restart
     assert linear_restart_of([tuned, fitted]) is None
+
+
+def test_the_original_trained_the_same_way_is_a_reference_not_a_retrofit(tmp_path):
+    nlls = make_grid(tmp_path, {**GRID, TUNED: ("linear", None, 13_271_040, -0.5, 0.45)})
+    text = write_report(tmp_path).read_text()
+    verdict = text.split("## Verdict")[1].split("##")[0]
+    retrofits = [n for n in nlls if n not in ("baseline", TUNED)]
+    closest = min(retrofits, key=lambda n: statistics.mean(nlls[n]))
+    assert f"the closest retrofit is {closest}." in verdict  # not the tuned original, though it scores best
+    assert min(nlls, key=lambda n: statistics.mean(nlls[n])) == TUNED
+    assert "kan is worse than original-tuned (original trained the same way: +0.8" in verdict
+    assert "kan is better than linear-restart (its linear restart: " in verdict  # the tuned one is no restart
+    assert table_rows(text, "variant | spec | held-out NLL")[TUNED][0] == "`linear` (original weights)"

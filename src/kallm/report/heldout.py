@@ -85,15 +85,21 @@ def versus_original(run_dir: Path, summaries: list[VariantSummary], stage: str =
     return [c for c in out if c is not None]
 
 
+TUNED_ORIGINAL = "original trained the same way"
+
+
 def pairwise(run_dir: Path, summaries: list[VariantSummary]) -> list[HeldoutComparison]:
-    """Each KAN against its parameter-matched control (a variant sized `same-as` it) and the linear restart."""
+    """Each KAN against its parameter-matched control (a variant sized `same-as` it), the linear restart and
+    the original trained by the same recipe (`init: original`), where the grid has them."""
     restart = linear_restart_of(summaries)
+    tuned = next((s for s in summaries if s.is_tuned_original), None)
     out = []
     for s in summaries:
         if s.variant is None or s.variant.kind != "kan":
             continue
         for control in (c for c in summaries if c.same_as == s.name):
             out.append(_compare(run_dir, s, control, "control", "final"))
-        if restart is not None:
-            out.append(_compare(run_dir, s, restart, "linear restart", "final"))
+        for reference, role in ((restart, "linear restart"), (tuned, TUNED_ORIGINAL)):
+            if reference is not None:
+                out.append(_compare(run_dir, s, reference, role, "final"))
     return [c for c in out if c is not None]

@@ -87,6 +87,11 @@ class VariantSummary:
         return (v is not None and v.kind == "linear" and v.budget is None and v.hidden is None
                 and self.same_as is None and self.init in (None, "random"))
 
+    @property
+    def is_tuned_original(self) -> bool:
+        """The original's own FFNs trained by the recipe (`init: original`): a reference, not a retrofit."""
+        return self.init == "original"
+
     def heldout(self, stage: str = "heldout") -> tuple[float | None, float | None, int]:
         """(mean, std, n) over runs of the held-out NLL (`heldout` after training, `heldout_init` before)."""
         return mean_std(self.numbers(f"{stage}.nll"))

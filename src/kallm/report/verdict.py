@@ -49,7 +49,8 @@ def heldout_table(summaries: list[VariantSummary], final: list[HeldoutComparison
         gap = f"{100 * comparison.ci.mean / orig_nll:+.1f}%" if comparison and orig_nll else DASH
         retained = DASH if s is original else (f"{_retained(orig_nll, s.heldout('heldout_init')[0])} → "
                                                f"{_retained(orig_nll, mean)}")
-        rows.append([s.name, f"`{s.spec}`" if s.spec else DASH, fmt_nll(*s.heldout()), fmt_delta(comparison), gap,
+        spec = (f"`{s.spec}`" + (" (original weights)" if s.is_tuned_original else "")) if s.spec else DASH
+        rows.append([s.name, spec, fmt_nll(*s.heldout()), fmt_delta(comparison), gap,
                      retained, fmt_count(s.first("params.trainable")), fmt_count(s.first("params.total"))])
     return md_table(header, rows)
 
@@ -104,7 +105,9 @@ def _list(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _heldout_sentences(final: list[HeldoutComparison], original: VariantSummary) -> list[str]:
+def _heldout_sentences(final: list[HeldoutComparison], original: VariantSummary,
+                       references: set[str]) -> list[str]:
+    """`references`: variants that are the original trained further, not retrofits (never "the closest")."""
     nll, _, _ = original.heldout()
     n_conv = final[0].ci.conversations
     out = [f"The original model scores {nll:.3f} nats per assistant token on {n_conv} held-out conversations."]
@@ -119,8 +122,10 @@ def _heldout_sentences(final: list[HeldoutComparison], original: VariantSummary)
         out.append(f"{_list([c.variant for c in same])} cannot be told apart from the original on this set.")
     if better:
         out.append(f"{_list([c.variant for c in better])} scores better than the original on this set.")
-    closest = min(final, key=lambda c: c.ci.mean)
-    out.append(f"Distance from the original: {'; '.join(describe)}; the closest is {closest.variant}.")
+    retrofits = [c for c in final if c.variant not in references] or final
+    closest = min(retrofits, key=lambda c: c.ci.mean)
+    out.append(f"Distance from the original: {'; '.join(describe)}; the closest "
+               f"{'retrofit ' if references else ''}is {closest.variant}.")
     return out
 
 
@@ -138,15 +143,16 @@ def _bbh_sentences(bbh: BBHSummary) -> list[str]:
 
 
 def verdict_paragraph(final: list[HeldoutComparison], pairs: list[HeldoutComparison],
-                      original: VariantSummary | None, bbh: BBHSummary) -> str:
+                      original: VariantSummary | None, bbh: BBHSummary, references: set[str] | None = None) -> str:
     """A short paragraph written from the numbers: what is distinguishable from what, and by how much."""
     sentences: list[str] = []
     if original is not None and final:
-        sentences += _heldout_sentences(final, original)
+        sentences += _heldout_sentences(final, original, references or set())
     for c in pairs:
         verb = "cannot be told apart from" if not c.ci.distinguishable else (
             "is better than" if c.ci.mean < 0 else "is worse than")
-        sentences.append(f"{c.variant} {verb} its {c.role} {c.reference} ({c.ci.mean:+.3f} nats "
+        who = c.role if c.role.startswith("original") else f"its {c.role}"
+        sentences.append(f"{c.variant} {verb} {c.reference} ({who}: {c.ci.mean:+.3f} nats "
                          f"[{c.ci.low:+.3f}, {c.ci.high:+.3f}]).")
     sentences += _bbh_sentences(bbh)
     return " ".join(sentences) if sentences else "No held-out scores or BBH results to judge from."
