@@ -32,6 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data"))
 KAN = "kan:chebyshev2:2"
+CHEB6 = "kan:chebyshev2:6"  # one KAN layer at exactly the original FFN's parameter count (2,654,208 per layer)
 MATCHED_LINEAR = "linear@budget=1327104"  # a fresh SwiGLU of the model's MLP class, narrowed to the KAN's 1,327,104 parameters
 # The demo's training settings (configs/demo.yaml); a recipe overrides some of them.
 DEMO_TRAIN = dict(steps=40, batch_size=4, max_length=192, lr=2e-3, warmup_steps=4, eval_every=0, val_size=16,
@@ -51,6 +52,11 @@ class Recipe:
     fit_tokens: int = 8192  # distill.tokens (the demo's)
     train: dict = field(default_factory=dict)  # TrainConfig overrides of DEMO_TRAIN; steps 0: init only
     distill: dict = field(default_factory=dict)  # DistillConfig overrides (AdamW steps and lr of a stack's fit)
+
+
+def _kd(lr: float, steps: int, loss: str = "kd", warmup: int | None = None) -> dict:
+    """TrainConfig overrides of a recovery: `loss` for `steps` steps at `lr` (warm-up DEMO_TRAIN's unless given)."""
+    return {"loss": loss, "lr": lr, "steps": steps, **({} if warmup is None else {"warmup_steps": warmup})}
 
 
 RECIPES: dict[str, Recipe] = {
@@ -83,35 +89,24 @@ RECIPES: dict[str, Recipe] = {
                                               train={"loss": "kd", "lr": 5e-4}),
     "cheb2:6 seq-block-32k+kd-lr1e-3": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768,
                                               train={"loss": "kd", "lr": 1e-3}),
-    "cheb2:6 seq-block-32k+kd-lr5e-4-80": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768,
-                                                 train={"loss": "kd", "lr": 5e-4, "steps": 80}),
-    "cheb2:6 seq-block-32k+kd-lr7e-4-80": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768,
-                                                 train={"loss": "kd", "lr": 7e-4, "steps": 80}),
-    "cheb2:6 seq-block-32k+kd-lr5e-4-160": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768,
-                                                  train={"loss": "kd", "lr": 5e-4, "steps": 160}),
+    "cheb2:6 seq-block-32k+kd-lr5e-4-80": Recipe(variant=CHEB6, fit_tokens=32768, train=_kd(5e-4, 80)),
+    "cheb2:6 seq-block-32k+kd-lr7e-4-80": Recipe(variant=CHEB6, fit_tokens=32768, train=_kd(7e-4, 80)),
+    "cheb2:6 seq-block-32k+kd-lr5e-4-160": Recipe(variant=CHEB6, fit_tokens=32768, train=_kd(5e-4, 160)),
     # its parameter-matched control: a fresh SwiGLU of the original's size (the linear restart), same recipe
-    "linear:seq-block-32k+kd-lr5e-4-160": Recipe(variant="linear", fit_tokens=32768,
-                                                 train={"loss": "kd", "lr": 5e-4, "steps": 160}),
-    "cheb2:6 seq-block-32k+ce+kd-lr5e-4-80": Recipe(variant="kan:chebyshev2:6", fit_tokens=32768,
-                                                    train={"loss": "ce+kd", "lr": 5e-4, "steps": 80}),
+    "linear:seq-block-32k+kd-lr5e-4-160": Recipe(variant="linear", fit_tokens=32768, train=_kd(5e-4, 160)),
+    "cheb2:6 seq-block-32k+ce+kd-lr5e-4-80": Recipe(variant=CHEB6, fit_tokens=32768, train=_kd(5e-4, 80, "ce+kd")),
     "linear:seq-block-32k+ce+kd-lr5e-4-80": Recipe(variant="linear", fit_tokens=32768,
-                                                   train={"loss": "ce+kd", "lr": 5e-4, "steps": 80}),
+                                                   train=_kd(5e-4, 80, "ce+kd")),
     # what the same training does to the original model itself (its last 5 FFNs trained): how much of a
     # ce recipe's gain is adaptation to the chat data rather than recovery of the original
-    "original-ffn:ce+kd-lr5e-4-80": Recipe(variant="linear", init="original",
-                                           train={"loss": "ce+kd", "lr": 5e-4, "steps": 80}),
-    "original-ffn:ce+kd-lr5e-4-30": Recipe(variant="linear", init="original",
-                                           train={"loss": "ce+kd", "lr": 5e-4, "steps": 30, "warmup_steps": 3}),
-    # the demo's pair (16k-token fit, 30 steps, 100 AdamW steps for the SwiGLU's fit) with ce+kd
-    "seq-block-16k+ce+kd-lr5e-4-30": Recipe(fit_tokens=16384,
-                                            train={"loss": "ce+kd", "lr": 5e-4, "steps": 30, "warmup_steps": 3}),
-    "linear-matched:seq-block-16k+ce+kd-lr5e-4-30": Recipe(
-        variant=MATCHED_LINEAR, fit_tokens=16384, distill={"steps": 100},
-        train={"loss": "ce+kd", "lr": 5e-4, "steps": 30, "warmup_steps": 3}),
-    "seq-block-16k+kd-lr5e-4-30": Recipe(fit_tokens=16384,
-                                         train={"loss": "kd", "lr": 5e-4, "steps": 30, "warmup_steps": 3}),
-    "cheb2:6 seq-block-16k+kd-lr5e-4-80": Recipe(variant="kan:chebyshev2:6", fit_tokens=16384,
-                                                 train={"loss": "kd", "lr": 5e-4, "steps": 80}),
+    "original-ffn:ce+kd-lr5e-4-80": Recipe(variant="linear", init="original", train=_kd(5e-4, 80, "ce+kd")),
+    "original-ffn:ce+kd-lr5e-4-30": Recipe(variant="linear", init="original", train=_kd(5e-4, 30, "ce+kd", warmup=3)),
+    # the demo's pair (16k-token fit, 30 steps, 100 AdamW steps for the SwiGLU's fit) with ce+kd, and with kd
+    "seq-block-16k+ce+kd-lr5e-4-30": Recipe(fit_tokens=16384, train=_kd(5e-4, 30, "ce+kd", warmup=3)),
+    "linear-matched:seq-block-16k+ce+kd-lr5e-4-30": Recipe(variant=MATCHED_LINEAR, fit_tokens=16384,
+                                                           distill={"steps": 100}, train=_kd(5e-4, 30, "ce+kd", warmup=3)),
+    "seq-block-16k+kd-lr5e-4-30": Recipe(fit_tokens=16384, train=_kd(5e-4, 30, warmup=3)),
+    "cheb2:6 seq-block-16k+kd-lr5e-4-80": Recipe(variant=CHEB6, fit_tokens=16384, train=_kd(5e-4, 80)),
     # two KAN layers (576 -> 576 -> 576) at the original FFN's count: products of inputs become possible
     "2-layer@match seq-block+kd": Recipe(variant=f"kan:sequential({KAN[4:]},{KAN[4:]})@budget=match",
                                          train={"loss": "kd"}),
