@@ -67,7 +67,7 @@ def _compare(run_dir: Path, a: VariantSummary, b: VariantSummary, role: str, sta
 
 def original_of(summaries: list[VariantSummary]) -> VariantSummary | None:
     """The untouched model (the baseline variant)."""
-    return next((s for s in summaries if s.variant is not None and not s.variant.trained), None)
+    return next((s for s in summaries if s.is_untouched), None)
 
 
 def linear_restart_of(summaries: list[VariantSummary]) -> VariantSummary | None:

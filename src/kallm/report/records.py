@@ -88,6 +88,11 @@ class VariantSummary:
                 and self.same_as is None and self.init in (None, "random"))
 
     @property
+    def is_untouched(self) -> bool:
+        """The original model itself (the baseline variant: nothing replaced, nothing trained)."""
+        return self.variant is not None and not self.variant.trained
+
+    @property
     def is_tuned_original(self) -> bool:
         """The original's own FFNs trained by the recipe (`init: original`): a reference, not a retrofit."""
         return self.init == "original"
@@ -169,7 +174,7 @@ def reference_variant(summaries: list[VariantSummary]) -> VariantSummary | None:
     """What the others are compared with: the linear restart if there is one, else the baseline."""
     scored = [s for s in summaries if s.task_scores()]
     restart = next((s for s in scored if s.is_linear_restart), None)
-    return restart or next((s for s in scored if s.variant is not None and not s.variant.trained), None)
+    return restart or next((s for s in scored if s.is_untouched), None)
 
 
 def all_tasks(summaries: list[VariantSummary]) -> list[str]:

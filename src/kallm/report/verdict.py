@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kallm.report.heldout import HeldoutComparison
+from kallm.report.heldout import TUNED_ORIGINAL, HeldoutComparison
 from kallm.report.records import VariantSummary
 from kallm.report.stats import ChanceTest, chance_test, detectable_difference
 from kallm.report.tables import DASH, fmt_count, fmt_pct, md_table
@@ -151,7 +151,7 @@ def verdict_paragraph(final: list[HeldoutComparison], pairs: list[HeldoutCompari
     for c in pairs:
         verb = "cannot be told apart from" if not c.ci.distinguishable else (
             "is better than" if c.ci.mean < 0 else "is worse than")
-        who = c.role if c.role.startswith("original") else f"its {c.role}"
+        who = c.role if c.role == TUNED_ORIGINAL else f"its {c.role}"  # not "its" original
         sentences.append(f"{c.variant} {verb} {c.reference} ({who}: {c.ci.mean:+.3f} nats "
                          f"[{c.ci.low:+.3f}, {c.ci.high:+.3f}]).")
     sentences += _bbh_sentences(bbh)
