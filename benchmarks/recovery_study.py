@@ -183,12 +183,9 @@ def _init(study: Study, model, recipe: Recipe, seed: int, layer: int) -> dict:
     if recipe.init == "random":
         return {"wall_s": 0.0}
     if recipe.init == "original":  # the reference: the untouched model's own FFNs, trained by the same recipe
-        from kallm.retrofitting.originals import original_modules
+        from kallm.retrofitting.originals import restore_original_weights
 
-        originals = original_modules(model)
-        for module in model.modules():
-            if id(module) in originals:
-                module.kallm_ffn.load_state_dict(originals[id(module)].state_dict())
+        restore_original_weights(model)
         return {"wall_s": 0.0}
     cfg = DistillConfig(tokens=recipe.fit_tokens, mode="sequential" if recipe.init == "sequential" else "layerwise",
                         target=recipe.target if recipe.init == "sequential" else "ffn", **recipe.distill)

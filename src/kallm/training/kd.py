@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kallm.data.tokenize import IGNORE_INDEX
-from kallm.training.loss import chunk_rows
+from kallm.training.loss import accumulation_dtype, chunk_rows
 
 
 @dataclass(frozen=True)
@@ -78,18 +78,13 @@ def _chunk_terms(zs: torch.Tensor, zt: torch.Tensor | None, targets: torch.Tenso
     return ce, kl, grad
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for float32/bf16/fp16 models, float64 for float64 ones."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 class _ChunkedLinearDistill(torch.autograd.Function):
     """Weighted CE + KD sums over rows of (student hidden, teacher hidden), gradients formed in forward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, t_hidden, t_weight, t_bias, targets, terms, chunk_size):  # noqa: D401
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        acc = _accumulation_dtype(weight.dtype)
+        acc = accumulation_dtype(weight.dtype)
         loss = torch.zeros((), dtype=acc, device=hidden.device)
         sums = torch.zeros(2, dtype=torch.float64, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None

@@ -64,6 +64,12 @@ def _compute_dtype(hidden: torch.Tensor, head: nn.Linear) -> torch.dtype:
     return head.weight.dtype
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where losses and softmax are computed for logits of `dtype`: float64 for a float64 model (the tests
+    check algorithms to 1e-12 there), float32 for float32, bf16 and fp16."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def softmax_and_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(softmax of each row, each row's CE against `targets`), in float32 (float64 for float64 logits).
 
@@ -71,7 +77,7 @@ def softmax_and_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     on 128 x 49k rows, 4.5 ms against 8.9 ms for torch.logsumexp alone. The CE is -log p[target], exact
     to float32 rounding while p is a normal number; rows where it is not are recomputed as lse - z.
     """
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dtype = accumulation_dtype(logits.dtype)
     probs = torch.softmax(logits, dim=1, dtype=dtype)
     picked = probs.gather(1, targets[:, None]).squeeze(1)
     ce = -picked.log()
