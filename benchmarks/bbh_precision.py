@@ -92,6 +92,9 @@ def compare(preds: dict, wall: dict, scores: dict, precisions: dict) -> list[dic
 
 def main() -> None:
     args = parse_args()
+    from kallm.allocator import allocator_state, keep_freed_memory
+
+    keep_freed_memory()  # as `kallm` does at start (KALLM_MALLOC=system: glibc's defaults)
     from kallm.models import load_model
     from kallm.precision import resolve_precision
 
@@ -104,7 +107,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, BBH mc, {args.limit} per task, "
           f"{rows[0]['examples']} examples, batch size {args.batch_size}, arms alternating task by task; "
-          f"load average {load:.1f} at the end\n")
+          f"load average {load:.1f} at the end; malloc: {allocator_state()}\n")
     print_table(["arm", "computes in", "examples/s", f"x {ref}", "acc", "acc_norm", f"same answer as {ref}",
                  "same acc_norm answer", "max abs logprob change"],
                 [[r["arm"], r["computes_in"], f"{r['examples_per_s']:.2f}", f"{r['speedup']:.2f}x", f"{r['acc']:.3f}",
@@ -118,7 +121,7 @@ def main() -> None:
         verdict(f"auto's answer = fp32's on >= 97% of >= 200 examples (share of {auto['examples']})", auto["agree"],
                 auto["agree"] >= 0.97 and auto["examples"] >= 200)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps({"args": vars(args), "malloc": allocator_state(), "rows": rows}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """Training in fp32 vs `precision: auto` (and forced bf16), side by side: tokens/s and held-out loss.
 
-    .venv/bin/python benchmarks/train_precision.py                  # fp32 vs auto, 12 steps of 4x256 tokens
+    .venv/bin/python benchmarks/train_precision.py                  # fp32 vs auto, 3 rounds of 12 steps of 4x256 tokens
     .venv/bin/python benchmarks/train_precision.py --arms fp32,bf16/cache:fp32,bf16/cache:bf16
 
 Every arm is kallm's own training loop (`TrainLoop`: AdamW on float32 master weights, frozen prefix,
-labelled-positions float32 loss) on its own copy of the embedded SmolLM2 retrofitted the same way
-(default last:5, kan:chebyshev2:2, seed 0), with the same conversations, batches and held-out set.
-The arms run in lockstep: step s of every arm (in an order that rotates each step) before step s+1
-of any, so load from other processes falls on every arm alike. tokens/s counts training steps only
-(what `kallm train` reports) after `--warmup` steps that are trained but not timed (the first bf16 step
-compiles oneDNN's kernels: seconds, once per process; its time is reported apart); the held-out loss is
-each loop's own evaluation after the last step.
+labelled-positions float32 loss) on the embedded SmolLM2 retrofitted the same way (default last:5,
+kan:chebyshev2:2, seed 0), with the same conversations, batches and held-out set. Each arm runs in a
+process of its own, as `kallm train --precision ...` does, after `keep_freed_memory()` as the command
+line does; the arms alternate (their order rotating) and the whole is repeated `--rounds` times, so
+load from other processes falls on every arm alike and the spread is seen. (Two arms in one process
+measure the sharing instead: there the bf16 arm ran up to 20% slower after the float32 arm's steps,
+on the second model's memory and the first arm's heap.) tokens/s counts training steps only (what
+`kallm train` reports) after `--warmup` steps that are trained but not timed (the first bf16 step
+compiles oneDNN's kernels: seconds, once per process); the table gives each arm's median over rounds
+and the range of the per-round ratios; the held-out loss is each loop's own evaluation after the last
+step (the same in every round: training is deterministic).
 
 An arm is PRECISION (fp32 | auto | bf16) or PRECISION/cache:DTYPE: train with the frozen prefix's
 hidden states cached (computed in the arm's precision) and stored as DTYPE (fp32 | bf16) — the
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -49,7 +55,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layers", default="last:5")
     p.add_argument("--variant", default="kan:chebyshev2:2")
     p.add_argument("--data", default=str(CHAT))
+    p.add_argument("--rounds", type=int, default=3, help="times every arm runs (in a fresh process each)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run this one arm here, write its row
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -77,48 +86,77 @@ def make_arm(label: str, args: argparse.Namespace, conversations, out: Path):
     return loop, loop.setup(conversations, None, resume=False)
 
 
-def main() -> None:
-    args = parse_args()
+def run_arm(label: str, args: argparse.Namespace) -> dict:
+    """Train one arm in this process; its row of the table."""
     from kallm.data import load_conversations
 
-    labels = args.arms.split(",")
     conversations = load_conversations(args.data, max_conversations=args.conversations)
     with tempfile.TemporaryDirectory(prefix="kallm-precision-") as tmp:
-        arms = {label: make_arm(label, args, conversations, Path(tmp)) for label in labels}
-        start = {}
+        loop, state = make_arm(label, args, conversations, Path(tmp))
+        start = (0, 0.0)
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
-                start = {label: (state.tokens, state.train_s) for label, (_, state) in arms.items()}
-            order = labels[step % len(labels):] + labels[:step % len(labels)]
-            for label in order:
-                loop, state = arms[label]
-                record = loop.step(step, state)
-                print(f"step {step + 1}/{args.warmup + args.steps} {label}: loss {record['loss']:.4f}, "
-                      f"{record['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
-        rows = []
-        for label in labels:
-            loop, state = arms[label]
-            tokens, train_s = state.tokens - start[label][0], state.train_s - start[label][1]
-            rows.append({"arm": label, "computes_in": loop.precision.name, "reason": loop.precision.reason,
-                         "tokens": tokens, "train_s": train_s, "tokens_per_s": tokens / train_s,
-                         "warmup_s": start[label][1],
-                         "final_train_loss": state.last_loss, "held_out_loss": loop.evaluate()})
-    report(args, rows)
+                start = (state.tokens, state.train_s)
+            record = loop.step(step, state)
+            print(f"step {step + 1}/{args.warmup + args.steps} {label}: loss {record['loss']:.4f}, "
+                  f"{record['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
+        tokens, train_s = state.tokens - start[0], state.train_s - start[1]
+        return {"arm": label, "computes_in": loop.precision.name, "reason": loop.precision.reason,
+                "tokens": tokens, "train_s": train_s, "tokens_per_s": tokens / train_s, "warmup_s": start[1],
+                "final_train_loss": state.last_loss, "held_out_loss": loop.evaluate()}
+
+
+def spawn_arm(label: str, out: Path) -> dict:
+    """`run_arm` in a fresh process (the same arguments as this one's)."""
+    subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", label, "--worker-out", str(out)], check=True)
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def main() -> None:
+    args = parse_args()
+    from kallm.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as `kallm` does at start (KALLM_MALLOC=system: glibc's defaults)
+    if args.worker:
+        row = run_arm(args.worker, args)
+        Path(args.worker_out).write_text(json.dumps(row), encoding="utf-8")
+        return
+    labels = args.arms.split(",")
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    with tempfile.TemporaryDirectory(prefix="kallm-precision-") as tmp:
+        for rnd in range(args.rounds):
+            for label in labels[rnd % len(labels):] + labels[:rnd % len(labels)]:
+                runs[label].append(spawn_arm(label, Path(tmp) / f"{rnd}-{label.replace('/', '_')}.json"))
+                print(f"round {rnd + 1}/{args.rounds} {label}: {runs[label][-1]['tokens_per_s']:,.0f} tokens/s",
+                      file=sys.stderr)
+    report(args, [summarise(runs[label], runs[labels[0]]) for label in labels])
+
+
+def summarise(arm_runs: list[dict], ref_runs: list[dict]) -> dict:
+    """The arm's median over rounds, and the range of its per-round ratio to the reference arm."""
+    ratios = [a["tokens_per_s"] / r["tokens_per_s"] for a, r in zip(arm_runs, ref_runs)]
+    return {**arm_runs[0], "tokens_per_s": statistics.median(r["tokens_per_s"] for r in arm_runs),
+            "runs_tokens_per_s": [r["tokens_per_s"] for r in arm_runs], "round_ratios": ratios,
+            "held_out_losses": [r["held_out_loss"] for r in arm_runs]}
 
 
 def report(args: argparse.Namespace, rows: list[dict]) -> None:
+    from kallm.allocator import allocator_state
+
     ref = rows[0]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.layers} {args.variant}, "
           f"{args.steps} timed steps (after {args.warmup} untimed) of {args.batch}x{args.length} tokens of "
-          f"{Path(args.data).name}, arms in lockstep; "
-          f"held-out loss on {args.val_size} conversations; load average {load:.1f} at the end\n")
+          f"{Path(args.data).name}, each arm in its own process, {args.rounds} rounds alternating; "
+          f"held-out loss on {args.val_size} conversations; load average {load:.1f} at the end; "
+          f"malloc: {allocator_state()}\n")
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / ref["tokens_per_s"]
         r["loss_change"] = r["held_out_loss"] / ref["held_out_loss"] - 1
-    print_table(["arm", "computes in", "tokens/s", f"x {ref['arm']}", "untimed warm-up", "held-out loss",
-                 f"vs {ref['arm']}", "last train loss"],
-                [[r["arm"], r["computes_in"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.2f}x", f"{r['warmup_s']:.1f} s",
+    print_table(["arm", "computes in", "tokens/s (median)", f"x {ref['arm']}", "per-round ratio", "untimed warm-up",
+                 "held-out loss", f"vs {ref['arm']}", "last train loss"],
+                [[r["arm"], r["computes_in"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.2f}x",
+                  f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}", f"{r['warmup_s']:.1f} s",
                   f"{r['held_out_loss']:.4f}", f"{r['loss_change']:+.2%}", f"{r['final_train_loss']:.4f}"]
                  for r in rows])
     print_resolutions(rows)
@@ -129,7 +167,8 @@ def report(args: argparse.Namespace, rows: list[dict]) -> None:
         verdict("auto's held-out loss within 2% of fp32's (relative change, %)", 100 * auto["loss_change"],
                 abs(auto["loss_change"]) <= 0.02)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        record = {"args": vars(args), "malloc": allocator_state(), "rows": rows}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from kallm.allocator import allocator_state
+
 _PACKAGES = ("kallm", "torch", "transformers", "accelerate", "datasets", "safetensors", "numpy")
 
 
@@ -51,6 +53,7 @@ def run_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
+        "malloc": allocator_state(),
     }
 
 

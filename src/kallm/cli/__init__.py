@@ -15,6 +15,7 @@ import sys
 from typing import NoReturn
 
 from kallm import __version__
+from kallm.allocator import keep_freed_memory
 from kallm.errors import KallmError
 from kallm.progress import progress_enabled
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    keep_freed_memory()  # a process-wide choice, so the application's, not the library's
     try:
         return int(args.func(args) or 0)
     except KallmError as exc:
