@@ -121,7 +121,8 @@ def main() -> None:
         verdict(f"auto's answer = fp32's on >= 97% of >= 200 examples (share of {auto['examples']})", auto["agree"],
                 auto["agree"] >= 0.97 and auto["examples"] >= 200)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "malloc": allocator_state(), "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        record = {"args": vars(args), "malloc": allocator_state(), "rows": rows}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

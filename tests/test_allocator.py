@@ -43,7 +43,8 @@ ROUND_PAGES = 9 * 2**20 // 4096
 
 
 def probe(mode: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != allocator.OPT_OUT}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k not in (allocator.OPT_OUT, "GLIBC_TUNABLES")}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout)
@@ -60,7 +61,9 @@ def test_tuned_malloc_reuses_freed_blocks_instead_of_faulting_them_in_again():
 
 @glibc_only
 @pytest.mark.parametrize("env, why", [({"KALLM_MALLOC": "system"}, "KALLM_MALLOC=system"),
-                                      ({"MALLOC_TRIM_THRESHOLD_": "100000"}, "MALLOC_TRIM_THRESHOLD_ set")])
+                                      ({"MALLOC_TRIM_THRESHOLD_": "100000"}, "MALLOC_TRIM_THRESHOLD_ set"),
+                                      ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=100000"},
+                                       "GLIBC_TUNABLES glibc.malloc.* set")])
 def test_the_opt_out_and_the_users_own_tunables_leave_malloc_alone(env, why):
     result = probe("tune", **env)
     assert not result["tuned"]

@@ -14,8 +14,8 @@ fragments the heap) and `mallopt(M_TRIM_THRESHOLD, 2 GiB)` (the heap is trimmed 
 top are free). The cost: the process's resident memory stays near its peak instead of falling after it.
 It is process-wide, so the library never does it on its own: the command line calls it at start (and
 the benchmarks, which measure what the command line runs); from Python, call it once yourself. Skipped
-where malloc is not glibc's, where the user set glibc's own MALLOC_*_ tunables (theirs win), and with
-KALLM_MALLOC=system.
+where malloc is not glibc's, where the user set glibc's own tunables (MALLOC_*_ variables or glibc.malloc.*
+in GLIBC_TUNABLES: theirs win), and with KALLM_MALLOC=system.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def _reason_to_skip() -> str | None:
     if platform.libc_ver()[0] != "glibc":
         return "malloc is not glibc's"
     set_by_user = [name for name in USER_TUNABLES if name in os.environ]
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        set_by_user.append("GLIBC_TUNABLES glibc.malloc.*")
     if set_by_user:
         return f"{', '.join(set_by_user)} set"
     if not hasattr(ctypes.CDLL(None), "mallopt"):
