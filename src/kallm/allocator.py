@@ -35,13 +35,15 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes a C int
 USER_TUNABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 OPT_OUT = "KALLM_MALLOC"
 
+TUNED = "glibc, freed memory kept (M_MMAP_THRESHOLD=32 MiB, M_TRIM_THRESHOLD=2 GiB)"
+
 _state = "system default"
 
 
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc as described above; True when it is (now or earlier) tuned."""
     global _state
-    if _state.startswith("glibc"):
+    if _state == TUNED:
         return True
     why_not = _reason_to_skip()
     if why_not is not None:
@@ -53,7 +55,7 @@ def keep_freed_memory() -> bool:
     if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)):
         _state = "system default (mallopt refused)"
         return False
-    _state = "glibc, freed memory kept (M_MMAP_THRESHOLD=32 MiB, M_TRIM_THRESHOLD=2 GiB)"
+    _state = TUNED
     return True
 
 
@@ -67,9 +69,7 @@ def _reason_to_skip() -> str | None:
         set_by_user.append("GLIBC_TUNABLES glibc.malloc.*")
     if set_by_user:
         return f"{', '.join(set_by_user)} set"
-    if not hasattr(ctypes.CDLL(None), "mallopt"):
-        return "no mallopt"
-    return None
+    return None  # glibc always has mallopt
 
 
 def allocator_state() -> str:

@@ -150,7 +150,9 @@ def sequential_distill(model: nn.Module, teacher: nn.Module, batches: Sequence[d
                 fits.append(fit_replacement(replacement_module(layers, k), x, y, cfg, seed * 1000 + k, k))
             s_states = [_run_layer(model, k, h, b) for h, b in zip(s_states, batches)]
             if target == "block":
-                t_states = t_next or [_run_layer(teacher, k, h, b) for h, b in zip(t_states, batches)]
+                # a fitted layer's pairs already ran the teacher's layer k; other layers run it here
+                t_states = t_next if t_next is not None else [_run_layer(teacher, k, h, b)
+                                                              for h, b in zip(t_states, batches)]
     finally:
         model.train(was_training)
     return fits
