@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from kallm.allocator import keep_freed_memory
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The suite runs with malloc set up as the command line sets it, from the first test on: in-process CLI
+# tests would otherwise switch it mid-session, and what a later test measures would depend on the order.
+keep_freed_memory()
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ top are free). The cost: the process's resident memory stays near its peak inste
 It is process-wide, so the library never does it on its own: the command line calls it at start (and
 the benchmarks, which measure what the command line runs); from Python, call it once yourself. Skipped
 where malloc is not glibc's, where the user set glibc's own tunables (MALLOC_*_ variables or glibc.malloc.*
-in GLIBC_TUNABLES: theirs win), and with KALLM_MALLOC=system.
+in GLIBC_TUNABLES: theirs win), and with KALLM_MALLOC=system. `release_freed_memory()` hands what the
+heap keeps back to the OS at a point where that is wanted: a new peak-memory window (one per training run).
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def _reason_to_skip() -> str | None:
     if set_by_user:
         return f"{', '.join(set_by_user)} set"
     return None  # glibc always has mallopt
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc's malloc_trim), so that resident memory is what
+    is live: a training run's peak window starts there, not at what an earlier run freed and the heap kept."""
+    if platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL(None).malloc_trim(ctypes.c_size_t(0))
 
 
 def allocator_state() -> str:

@@ -3,6 +3,8 @@
 On CUDA both come from the allocator (max allocated, reset per run). On CPU the current figure is
 the process RSS and the peak is Linux's VmHWM, reset per run through /proc/self/clear_refs; without
 that reset, several runs in one process (an experiment grid) would all report the largest peak so far.
+The reset first hands memory the heap kept (see `kallm.allocator`) back to the OS, or a run's peak would
+include what the run before it freed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import resource
 
 import torch
+
+from kallm.allocator import release_freed_memory
 
 MemoryKind = str  # "cuda" | "rss"
 
@@ -28,6 +32,7 @@ def reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return
+    release_freed_memory()
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
