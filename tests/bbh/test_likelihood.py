@@ -1,10 +1,14 @@
-"""Candidate log-likelihoods: the shared-prompt path, the forward_fn path and a plain forward agree."""
+"""Candidate log-likelihoods: the shared-prompt path (candidates packed after their context under a 4D mask),
+the forward_fn path and a plain forward agree, on every tiny architecture."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from kallm.bbh.likelihood import encode_pair, loglikelihoods
+from kallm.bbh.likelihood import encode_pair, loglikelihoods, pack_tails
+from tests.bbh.conftest import make_lively
+from tests.tiny_models import TINY_CONFIGS
 
 REQUESTS = [
     ("Q: Is the sky blue?\nA:", " Yes"),
@@ -44,6 +48,30 @@ def test_paths_agree_with_a_plain_forward(lively_llama, smol_tokenizer):
     for e, s, f in zip(expected, shared, full):
         assert abs(e - s) < 1e-3 and abs(e - f) < 1e-3
     assert all(v < 0 for v in expected) and len({round(v, 3) for v in expected}) == len(expected)
+
+
+@pytest.mark.parametrize("arch", sorted(set(TINY_CONFIGS) - {"llama"}))
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_candidates_agree_with_a_plain_forward_on_every_architecture(arch, attention, smol_tokenizer):
+    model = make_lively(arch, len(smol_tokenizer))
+    model.set_attn_implementation(attention)
+    # gpt2 and opt learn 128 positions: the long shared-prefix requests do not fit them
+    requests = REQUESTS[:6] if arch in ("gpt2", "opt") else REQUESTS
+    expected = [reference(model, smol_tokenizer, c, x) for c, x in requests]
+    shared = loglikelihoods(model, smol_tokenizer, requests, batch_size=3)
+    assert max(abs(e - s) for e, s in zip(expected, shared)) < 1e-4
+
+
+def test_packed_tails_see_the_context_and_their_own_earlier_tokens_only():
+    context_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])  # row 0 has a padding hole
+    ids, positions, mask, spans = pack_tails([[[5, 6, 7], [8]], [[9, 10]]], context_mask, torch.tensor([[1], [2]]),
+                                             pad_id=0, dtype=torch.float32)
+    assert ids.tolist() == [[5, 6], [9, 0]]
+    assert positions.tolist() == [[2, 3], [3, 3]]
+    assert spans == [(0, 0, [5, 6, 7]), (0, 2, [8]), (1, 0, [9, 10])]
+    seen = (mask[:, 0] == 0).int().tolist()
+    assert seen[0] == [[0, 1, 1, 1, 0], [0, 1, 1, 1, 1]]  # the hole stays masked; causal within the tail
+    assert seen[1] == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]  # the padding query sees the context only
 
 
 def test_forward_fn_batches_are_deterministic(lively_llama, smol_tokenizer):

@@ -6,8 +6,9 @@ model reads `context_tokens + continuation_tokens`.
 
 Two forward paths:
 - default: each distinct context is run once (KV cache; a prefix shared by a batch of contexts, such as a
-  task's few-shot exemplars, once per batch), then the cache is repeated for its candidates, which are run
-  together; the prompt is not recomputed per candidate.
+  task's few-shot exemplars, once per batch), then its candidates run together in one row after it, a mask
+  keeping each to the context and itself (`pack_tails`); the prompt is neither recomputed nor copied per
+  candidate.
 - `forward_fn(input_ids, attention_mask) -> final hidden states (B, T, d)`: full rows
   `context + continuation[:-1]`, right padded, sorted by (length desc, request order), so identical
   requests always give identical padded batches (callers plug in caches keyed on them). The LM head
@@ -80,31 +81,53 @@ def _shared_context(pairs, model, batch_size: int, device, pad_id: int, bar) -> 
         chunk = [contexts[b] for b in batch]
         last_logits, cache, mask, last_pos = prefill(model, [list(c) for c in chunk], pad_id, device)
         first = torch.log_softmax(last_logits.float(), dim=-1)
-        members = [(c_i, req) for c_i, c in enumerate(chunk) for req in groups[c]]
-        for c_i, req in members:
-            scores[req] = float(first[c_i, pairs[req][1][0]])
-        tails = [pairs[req][1] for _, req in members]
-        width = max(len(t) for t in tails) - 1
-        if width > 0:
-            index = torch.tensor([c_i for c_i, _ in members], device=device)
-            cache.batch_select_indices(index)
-            step = torch.full((len(members), width), pad_id, dtype=torch.long)
-            step_mask = torch.zeros((len(members), width), dtype=torch.long)
-            for r, tail in enumerate(tails):
-                step[r, :len(tail) - 1] = torch.tensor(tail[:-1])
-                step_mask[r, :len(tail) - 1] = 1
-            step, step_mask = step.to(device), step_mask.to(device)
-            full_mask = torch.cat([mask[index], step_mask], dim=1)
-            step_pos = last_pos[index] + 1 + torch.arange(width, device=device)[None, :]
-            logits = model(input_ids=step, attention_mask=full_mask, position_ids=step_pos, use_cache=True,
+        members = [groups[c] for c in chunk]
+        for c_i, reqs in enumerate(members):
+            for req in reqs:
+                scores[req] = float(first[c_i, pairs[req][1][0]])
+        tails = [[pairs[req][1] for req in reqs] for reqs in members]
+        if any(len(tail) > 1 for row in tails for tail in row):
+            ids, positions, step_mask, spans = pack_tails(tails, mask, last_pos, pad_id, model.dtype)
+            logits = model(input_ids=ids, attention_mask=step_mask, position_ids=positions, use_cache=True,
                            **{cache_arg: cache}).logits
-            for r, (_, req) in enumerate(members):
-                tail = tails[r]
-                if len(tail) > 1:
-                    picked = logits[r, :len(tail) - 1]
-                    scores[req] += float(_token_logprobs(picked, torch.tensor(tail[1:], device=device)).sum())
-        bar.update(len(members))
+            for (row, start, tail), req in zip(spans, (req for reqs in members for req in reqs)):
+                picked = logits[row, start:start + len(tail) - 1]
+                scores[req] += float(_token_logprobs(picked, torch.tensor(tail[1:], device=device)).sum())
+        bar.update(sum(len(reqs) for reqs in members))
     return scores
+
+
+def pack_tails(tails: list[list[list[int]]], context_mask: torch.Tensor, last_pos: torch.Tensor, pad_id: int,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int, list[int]]]]:
+    """One row per context holding its candidates' tails (each less its last token) one after another.
+
+    The 4D additive mask lets each tail token see the row's context (`context_mask`, the prefill's) and
+    the earlier tokens of its own tail only, and positions restart after the context for each tail, so
+    every candidate is scored as if it ran alone after the context, while the context's cache is read in
+    place: repeating it per candidate copied it (and its attention) as many times as there are candidates.
+    Returns input ids, position ids, the mask (rows, 1, width, context + width) and per candidate, in
+    order, (row, start, tail)."""
+    width = max(sum(max(len(t) - 1, 0) for t in row) for row in tails)
+    device = context_mask.device
+    ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
+    offset = torch.zeros((len(tails), width), dtype=torch.long)
+    segment = torch.full((len(tails), width), -1, dtype=torch.long)
+    spans = []
+    for r, row in enumerate(tails):
+        start = 0
+        for k, tail in enumerate(row):
+            n = max(len(tail) - 1, 0)
+            ids[r, start:start + n] = torch.tensor(tail[:-1], dtype=torch.long)
+            offset[r, start:start + n] = torch.arange(n)
+            segment[r, start:start + n] = k
+            spans.append((r, start, tail))
+            start += n
+    own = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
+    own &= torch.ones(width, width, dtype=torch.bool).tril()
+    seen = context_mask.bool().cpu()[:, None, :].expand(-1, width, -1)  # padding queries see the context only
+    allowed = torch.cat([seen, own], dim=2)[:, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return ids.to(device), (last_pos + 1 + offset.to(device)), mask.to(device), spans
 
 
 def loglikelihoods(
