@@ -63,7 +63,7 @@ def keep_freed_memory() -> bool:
 def _reason_to_skip() -> str | None:
     if os.environ.get(OPT_OUT, "").lower() == "system":
         return f"{OPT_OUT}=system"
-    if platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return "malloc is not glibc's"
     set_by_user = [name for name in USER_TUNABLES if name in os.environ]
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
@@ -76,8 +76,12 @@ def _reason_to_skip() -> str | None:
 def release_freed_memory() -> None:
     """Give the heap's free pages back to the OS (glibc's malloc_trim), so that resident memory is what
     is live: a training run's peak window starts there, not at what an earlier run freed and the heap kept."""
-    if platform.libc_ver()[0] == "glibc":
+    if _glibc():
         ctypes.CDLL(None).malloc_trim(ctypes.c_size_t(0))
+
+
+def _glibc() -> bool:
+    return platform.libc_ver()[0] == "glibc"
 
 
 def allocator_state() -> str:
