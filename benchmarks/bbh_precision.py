@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_report import print_resolutions, print_table, verdict  # noqa: E402
+from precision_report import load_average, print_resolutions, print_table, verdict, write_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BBH = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "bbh"
@@ -104,7 +104,7 @@ def main() -> None:
     preds, wall, scores = evaluate_arms(model, tokenizer, args, precisions)
     rows = compare(preds, wall, scores, precisions)
     ref = rows[0]["arm"]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, BBH mc, {args.limit} per task, "
           f"{rows[0]['examples']} examples, batch size {args.batch_size}, arms alternating task by task; "
           f"load average {load:.1f} at the end; malloc: {allocator_state()}\n")
@@ -121,8 +121,7 @@ def main() -> None:
         verdict(f"auto's answer = fp32's on >= 97% of >= 200 examples (share of {auto['examples']})", auto["agree"],
                 auto["agree"] >= 0.97 and auto["examples"] >= 200)
     if args.json:
-        record = {"args": vars(args), "malloc": allocator_state(), "rows": rows}
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_record(args.json, args, rows)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Printing shared by the precision benchmarks (train_precision.py, bbh_precision.py)."""
+"""Printing and records shared by the precision benchmarks (train_precision.py, bbh_precision.py)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int = 2) -> None:
@@ -22,3 +26,16 @@ def print_resolutions(rows: Sequence[dict]) -> None:
 
 def verdict(text: str, value: float, ok: bool, note: str = "") -> None:
     print(f"- {text}: {value:.2f} {'PASS' if ok else 'FAIL'}{note}")
+
+
+def load_average() -> float:
+    """The 1-minute load average (nan where the OS has none): other work on the machine skews timings."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def write_record(path: str, args: argparse.Namespace, rows: list[dict]) -> None:
+    """The run's arguments, malloc set-up and rows as JSON."""
+    from kallm.allocator import allocator_state
+
+    record = {"args": vars(args), "malloc": allocator_state(), "rows": rows}
+    Path(path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

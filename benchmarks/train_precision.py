@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_report import print_resolutions, print_table, verdict  # noqa: E402
+from precision_report import load_average, print_resolutions, print_table, verdict, write_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "chat" / "hh_helpful.jsonl"
@@ -144,7 +144,7 @@ def report(args: argparse.Namespace, rows: list[dict]) -> None:
     from kallm.allocator import allocator_state
 
     ref = rows[0]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.layers} {args.variant}, "
           f"{args.steps} timed steps (after {args.warmup} untimed) of {args.batch}x{args.length} tokens of "
           f"{Path(args.data).name}, each arm in its own process, {args.rounds} rounds alternating; "
@@ -167,8 +167,7 @@ def report(args: argparse.Namespace, rows: list[dict]) -> None:
         verdict("auto's held-out loss within 2% of fp32's (relative change, %)", 100 * auto["loss_change"],
                 abs(auto["loss_change"]) <= 0.02)
     if args.json:
-        record = {"args": vars(args), "malloc": allocator_state(), "rows": rows}
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_record(args.json, args, rows)
 
 
 if __name__ == "__main__":
