@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 2**20  # the largest glibc accepts on 64-bit
+# The largest scratch buffer kallm's CPU hot paths make at once (a chunk of logits, attention scores): below
+# the mmap threshold with a margin, so it comes from the heap instead of being mapped and faulted in afresh.
+HEAP_BLOCK_BYTES = 24 * 2**20
 TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes a C int
 USER_TUNABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 OPT_OUT = "KALLM_MALLOC"

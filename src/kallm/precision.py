@@ -73,8 +73,9 @@ def autocast(compute: Compute, device: torch.device | str,
              *modules: torch.nn.Module | None) -> contextlib.AbstractContextManager:
     """bf16 autocast on `device` for 'bf16'; for 'fp32' autocast is switched *off* inside the block.
 
-    `modules`: the models the block runs. On a CPU their frozen matmul weights are swapped for bf16
-    copies made once (`kallm.frozen_bf16`) instead of being cast again on every call."""
+    `modules`: the models the block runs. On a CPU in bf16 their frozen matmul weights are swapped for bf16
+    copies made once (`kallm.frozen_bf16`) instead of being cast again on every call, and their `sdpa`
+    attention runs as grouped bf16 matmuls (`kallm.grouped_attention`)."""
     if compute not in ("fp32", "bf16"):
         raise KallmError(f"compute precision must be 'fp32' or 'bf16', got {compute!r}")
     return _autocast(compute == "bf16", torch.device(device).type, modules)
@@ -82,8 +83,13 @@ def autocast(compute: Compute, device: torch.device | str,
 
 @contextlib.contextmanager
 def _autocast(bf16: bool, device_type: str, modules: tuple) -> Iterator[None]:
-    swap = frozen_weights_in_bf16(*modules) if bf16 and device_type == "cpu" else contextlib.nullcontext()
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16), swap:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16))
+        if bf16 and device_type == "cpu":
+            from kallm.grouped_attention import grouped_attention_in_bf16  # imports transformers: only here
+
+            stack.enter_context(frozen_weights_in_bf16(*modules))
+            stack.enter_context(grouped_attention_in_bf16(*modules))
         yield
 
 

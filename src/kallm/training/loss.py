@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kallm.allocator import HEAP_BLOCK_BYTES
 from kallm.data.tokenize import IGNORE_INDEX
 from kallm.errors import KallmError
 from kallm.training.prefix import tail_hidden_states
@@ -46,7 +47,7 @@ def gather_labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 # buffer page-faults afresh. Measured on SmolLM2's 49k vocabulary, 400 rows, forward + backward: bf16
 # 196-223 ms in one chunk, 163-176 ms in 24 MiB chunks; float32 is faster in one chunk (316-335 against
 # 387-397 ms: its matmul gains more from the taller chunk than it loses to the faults), so it keeps it.
-CHUNK_BYTES = 24 * 2**20
+CHUNK_BYTES = HEAP_BLOCK_BYTES
 
 
 def chunk_rows(chunk_size: int, vocab: int, dtype: torch.dtype) -> int:
