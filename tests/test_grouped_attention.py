@@ -144,3 +144,16 @@ def test_bf16_forward_and_backward_agree_with_plain_autocast_on_every_architectu
     keep = attention_mask.bool()
     assert (plain[keep] - ours[keep]).abs().max() < 0.05 * plain[keep].abs().max()
     assert (plain_grad - our_grad).abs().max() < 0.1 * plain_grad.abs().max()
+
+
+def test_greedy_generation_with_a_cache_and_padding_matches_plain_autocast():
+    from kallm.bbh.generation import generate_greedy
+    from tests.tiny_models import make_tiny_tokenizer
+
+    model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
+    prompts = ["t5 t6 t7 t8 t9 t10 t11", "t20 t21", "t30 t31 t32 t33"]  # different lengths: padded batches
+    texts = []
+    for block in (lambda: torch.autocast("cpu", dtype=torch.bfloat16), lambda: autocast("bf16", "cpu", model)):
+        with torch.inference_mode(), block():
+            texts.append(generate_greedy(model, tokenizer, prompts, max_new_tokens=6, batch_size=3, progress=False))
+    assert texts[0] == texts[1] and all(texts[0])
