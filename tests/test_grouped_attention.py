@@ -66,10 +66,13 @@ def test_per_head_masks_and_one_key_head_per_query_head():
     close_to_reference(grouped_attention(q, k, v, mask, D ** -0.5, is_causal=False), reference(q, k, v, mask))
 
 
-def test_a_query_that_sees_nothing_attends_uniformly_instead_of_nan():
+@pytest.mark.parametrize("blocked", [False, torch.finfo(torch.float32).min, float("-inf")])
+def test_a_query_that_sees_nothing_attends_uniformly_instead_of_nan(blocked):
     q, k, v = qkv()
     mask = torch.ones(B, 1, LQ, LQ, dtype=torch.bool)
     mask[:, :, 0] = False
+    if blocked is not False:  # an additive mask, as transformers makes them (or with -inf)
+        mask = torch.zeros(mask.shape).masked_fill(~mask, blocked)
     out = grouped_attention(q, k, v, mask, D ** -0.5, is_causal=False)
     uniform = v.double().mean(2).repeat_interleave(H // KV, 1)
     assert not out.isnan().any()

@@ -77,16 +77,19 @@ def _additive(mask: torch.Tensor, kv_heads: int, per_group: int) -> torch.Tensor
     """`mask` ([Lq, Lk] or [B|1, 1|H, Lq, Lk]) as an additive mask broadcastable to [B, KV, G, Lq, Lk].
 
     A bool mask becomes 0 / bf16's lowest value (adding it took a third of the time of a masked_fill_
-    broadcast over the heads); a query that sees nothing then attends uniformly, as in eager attention."""
+    broadcast over the heads), a float one is clipped there; a query that sees nothing then attends
+    uniformly, as in eager attention."""
     if mask.dim() == 2:
         mask = mask[None, None]
     if mask.shape[1] == 1:
         grouped = mask[:, :, None]
     else:
         grouped = mask.reshape(mask.shape[0], kv_heads, per_group, *mask.shape[-2:])
-    if grouped.dtype != torch.bool:
-        return grouped
     lowest = torch.finfo(torch.bfloat16).min
+    if grouped.dtype != torch.bool:
+        # float32's lowest (transformers' masks) or -inf would overflow the bf16 scores to -inf, and a query
+        # that sees nothing would get NaN
+        return grouped.clamp(min=lowest)
     return torch.zeros(grouped.shape, dtype=torch.bfloat16, device=grouped.device).masked_fill_(~grouped, lowest)
 
 
