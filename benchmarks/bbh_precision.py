@@ -25,7 +25,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_report import load_average, print_resolutions, print_table, verdict, write_record  # noqa: E402
+from precision_report import (  # noqa: E402
+    conditions,
+    malloc_as_the_command_line,
+    print_resolutions,
+    print_table,
+    verdict,
+    write_record,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BBH = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "bbh"
@@ -92,9 +99,7 @@ def compare(preds: dict, wall: dict, scores: dict, precisions: dict) -> list[dic
 
 def main() -> None:
     args = parse_args()
-    from kallm.allocator import allocator_state, keep_freed_memory
-
-    keep_freed_memory()  # as `kallm` does at start (KALLM_MALLOC=system: glibc's defaults)
+    malloc_as_the_command_line()
     from kallm.models import load_model
     from kallm.precision import resolve_precision
 
@@ -104,10 +109,9 @@ def main() -> None:
     preds, wall, scores = evaluate_arms(model, tokenizer, args, precisions)
     rows = compare(preds, wall, scores, precisions)
     ref = rows[0]["arm"]
-    load = load_average()
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, BBH mc, {args.limit} per task, "
           f"{rows[0]['examples']} examples, batch size {args.batch_size}, arms alternating task by task; "
-          f"load average {load:.1f} at the end; malloc: {allocator_state()}\n")
+          f"{conditions()}\n")
     print_table(["arm", "computes in", "examples/s", f"x {ref}", "acc", "acc_norm", f"same answer as {ref}",
                  "same acc_norm answer", "max abs logprob change"],
                 [[r["arm"], r["computes_in"], f"{r['examples_per_s']:.2f}", f"{r['speedup']:.2f}x", f"{r['acc']:.3f}",

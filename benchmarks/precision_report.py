@@ -28,9 +28,19 @@ def verdict(text: str, value: float, ok: bool, note: str = "") -> None:
     print(f"- {text}: {value:.2f} {'PASS' if ok else 'FAIL'}{note}")
 
 
-def load_average() -> float:
-    """The 1-minute load average (nan where the OS has none): other work on the machine skews timings."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+def malloc_as_the_command_line() -> None:
+    """Tune malloc as `kallm` does at start (KALLM_MALLOC=system: glibc's defaults): the timings are the CLI's."""
+    from kallm.allocator import keep_freed_memory
+
+    keep_freed_memory()
+
+
+def conditions() -> str:
+    """What else shaped the timings, for a benchmark's header: the load average now, malloc's set-up."""
+    from kallm.allocator import allocator_state
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"load average {load:.1f} at the end; malloc: {allocator_state()}"
 
 
 def write_record(path: str, args: argparse.Namespace, rows: list[dict]) -> None:

@@ -36,7 +36,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_report import load_average, print_resolutions, print_table, verdict, write_record  # noqa: E402
+from precision_report import (  # noqa: E402
+    conditions,
+    malloc_as_the_command_line,
+    print_resolutions,
+    print_table,
+    verdict,
+    write_record,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "chat" / "hh_helpful.jsonl"
@@ -114,9 +121,7 @@ def spawn_arm(label: str, out: Path) -> dict:
 
 def main() -> None:
     args = parse_args()
-    from kallm.allocator import keep_freed_memory
-
-    keep_freed_memory()  # as `kallm` does at start (KALLM_MALLOC=system: glibc's defaults)
+    malloc_as_the_command_line()
     if args.worker:
         row = run_arm(args.worker, args)
         Path(args.worker_out).write_text(json.dumps(row), encoding="utf-8")
@@ -141,15 +146,11 @@ def summarise(arm_runs: list[dict], ref_runs: list[dict]) -> dict:
 
 
 def report(args: argparse.Namespace, rows: list[dict]) -> None:
-    from kallm.allocator import allocator_state
-
     ref = rows[0]
-    load = load_average()
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.layers} {args.variant}, "
           f"{args.steps} timed steps (after {args.warmup} untimed) of {args.batch}x{args.length} tokens of "
           f"{Path(args.data).name}, each arm in its own process, {args.rounds} rounds alternating; "
-          f"held-out loss on {args.val_size} conversations; load average {load:.1f} at the end; "
-          f"malloc: {allocator_state()}\n")
+          f"held-out loss on {args.val_size} conversations; {conditions()}\n")
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / ref["tokens_per_s"]
         r["loss_change"] = r["held_out_loss"] / ref["held_out_loss"] - 1
