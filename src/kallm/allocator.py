@@ -39,7 +39,8 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes a C int
 USER_TUNABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 OPT_OUT = "KALLM_MALLOC"
 
-TUNED = "glibc, freed memory kept (M_MMAP_THRESHOLD=32 MiB, M_TRIM_THRESHOLD=2 GiB)"
+TUNED = (f"glibc, freed memory kept (M_MMAP_THRESHOLD={MMAP_THRESHOLD_BYTES // 2**20} MiB, "
+         f"M_TRIM_THRESHOLD={(TRIM_THRESHOLD_BYTES + 1) // 2**30} GiB)")
 
 _state = "system default"
 

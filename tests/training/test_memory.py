@@ -7,10 +7,13 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 
 from kallm.training.memory import current_memory, peak_memory, reset_peak_memory
 
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS reset is Linux-only")
+# the RSS window: CUDA peaks are torch's own counter, and the RSS reset is Linux-only
+rss_window_only = pytest.mark.skipif(torch.cuda.is_available() or not sys.platform.startswith("linux"),
+                                     reason="the RSS peak window (Linux, no CUDA)")
 
 
 def touched(n_bytes: int) -> bytearray:
@@ -19,12 +22,8 @@ def touched(n_bytes: int) -> bytearray:
     return block
 
 
-@linux_only
+@rss_window_only
 def test_reset_starts_a_new_peak_window():
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("CUDA peak is torch's own counter")
     block = touched(400_000_000)
     high, kind = peak_memory()
     del block
@@ -34,12 +33,8 @@ def test_reset_starts_a_new_peak_window():
     assert high - low > 300_000_000
 
 
-@linux_only
+@rss_window_only
 def test_memory_the_heap_kept_from_an_earlier_run_is_not_in_the_next_window():
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("CUDA peak is torch's own counter")
     earlier_run = [touched(16 * 2**20) for _ in range(40)]  # 16 MiB blocks come from the heap, 640 MiB
     with_it, _ = current_memory()
     del earlier_run  # the heap keeps these pages (M_TRIM_THRESHOLD 2 GiB)...
