@@ -25,14 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_report import (  # noqa: E402
-    conditions,
-    malloc_as_the_command_line,
-    print_resolutions,
-    print_table,
-    verdict,
-    write_record,
-)
+import precision_report as pr  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BBH = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "bbh"
@@ -99,7 +92,7 @@ def compare(preds: dict, wall: dict, scores: dict, precisions: dict) -> list[dic
 
 def main() -> None:
     args = parse_args()
-    malloc_as_the_command_line()
+    pr.malloc_as_the_command_line()
     from kallm.models import load_model
     from kallm.precision import resolve_precision
 
@@ -111,21 +104,21 @@ def main() -> None:
     ref = rows[0]["arm"]
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, BBH mc, {args.limit} per task, "
           f"{rows[0]['examples']} examples, batch size {args.batch_size}, arms alternating task by task; "
-          f"{conditions()}\n")
-    print_table(["arm", "computes in", "examples/s", f"x {ref}", "acc", "acc_norm", f"same answer as {ref}",
-                 "same acc_norm answer", "max abs logprob change"],
-                [[r["arm"], r["computes_in"], f"{r['examples_per_s']:.2f}", f"{r['speedup']:.2f}x", f"{r['acc']:.3f}",
-                  f"{r['acc_norm']:.3f}", f"{r['agree']:.1%}", f"{r['agree_norm']:.1%}",
-                  f"{r['max_abs_logprob_change']:.3g}"] for r in rows])
-    print_resolutions(rows)
+          f"{pr.conditions()}\n")
+    pr.print_table(["arm", "computes in", "examples/s", f"x {ref}", "acc", "acc_norm", f"same answer as {ref}",
+                    "same acc_norm answer", "max abs logprob change"],
+                   [[r["arm"], r["computes_in"], f"{r['examples_per_s']:.2f}", f"{r['speedup']:.2f}x", f"{r['acc']:.3f}",
+                     f"{r['acc_norm']:.3f}", f"{r['agree']:.1%}", f"{r['agree_norm']:.1%}",
+                     f"{r['max_abs_logprob_change']:.3g}"] for r in rows])
+    pr.print_resolutions(rows)
     auto = next((r for r in rows if r["arm"] == "auto"), None)
     if auto is not None and ref == "fp32":
         note = " (auto is fp32 on this machine)" if auto["computes_in"] == "fp32" else ""
-        verdict("auto >= 1.5x fp32 examples/s", auto["speedup"], auto["speedup"] >= 1.5, note)
-        verdict(f"auto's answer = fp32's on >= 97% of >= 200 examples (share of {auto['examples']})", auto["agree"],
-                auto["agree"] >= 0.97 and auto["examples"] >= 200)
+        pr.verdict("auto >= 1.5x fp32 examples/s", auto["speedup"], auto["speedup"] >= 1.5, note)
+        pr.verdict(f"auto's answer = fp32's on >= 97% of >= 200 examples (share of {auto['examples']})", auto["agree"],
+                   auto["agree"] >= 0.97 and auto["examples"] >= 200)
     if args.json:
-        write_record(args.json, args, rows)
+        pr.write_record(args.json, args, rows)
 
 
 if __name__ == "__main__":

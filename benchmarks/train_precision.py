@@ -36,14 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_report import (  # noqa: E402
-    conditions,
-    malloc_as_the_command_line,
-    print_resolutions,
-    print_table,
-    verdict,
-    write_record,
-)
+import precision_report as pr  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "chat" / "hh_helpful.jsonl"
@@ -121,7 +114,7 @@ def spawn_arm(label: str, out: Path) -> dict:
 
 def main() -> None:
     args = parse_args()
-    malloc_as_the_command_line()
+    pr.malloc_as_the_command_line()
     if args.worker:
         row = run_arm(args.worker, args)
         Path(args.worker_out).write_text(json.dumps(row), encoding="utf-8")
@@ -150,25 +143,25 @@ def report(args: argparse.Namespace, rows: list[dict]) -> None:
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.layers} {args.variant}, "
           f"{args.steps} timed steps (after {args.warmup} untimed) of {args.batch}x{args.length} tokens of "
           f"{Path(args.data).name}, each arm in its own process, {args.rounds} rounds alternating; "
-          f"held-out loss on {args.val_size} conversations; {conditions()}\n")
+          f"held-out loss on {args.val_size} conversations; {pr.conditions()}\n")
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / ref["tokens_per_s"]
         r["loss_change"] = r["held_out_loss"] / ref["held_out_loss"] - 1
-    print_table(["arm", "computes in", "tokens/s (median)", f"x {ref['arm']}", "per-round ratio", "untimed warm-up",
-                 "held-out loss", f"vs {ref['arm']}", "last train loss"],
-                [[r["arm"], r["computes_in"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.2f}x",
-                  f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}", f"{r['warmup_s']:.1f} s",
-                  f"{r['held_out_loss']:.4f}", f"{r['loss_change']:+.2%}", f"{r['final_train_loss']:.4f}"]
-                 for r in rows])
-    print_resolutions(rows)
+    pr.print_table(["arm", "computes in", "tokens/s (median)", f"x {ref['arm']}", "per-round ratio", "untimed warm-up",
+                    "held-out loss", f"vs {ref['arm']}", "last train loss"],
+                   [[r["arm"], r["computes_in"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.2f}x",
+                     f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}", f"{r['warmup_s']:.1f} s",
+                     f"{r['held_out_loss']:.4f}", f"{r['loss_change']:+.2%}", f"{r['final_train_loss']:.4f}"]
+                    for r in rows])
+    pr.print_resolutions(rows)
     auto = next((r for r in rows if r["arm"] == "auto"), None)
     if auto is not None and ref["arm"] == "fp32":
         note = " (auto is fp32 on this machine)" if auto["computes_in"] == "fp32" else ""
-        verdict("auto >= 1.8x fp32 tokens/s", auto["speedup"], auto["speedup"] >= 1.8, note)
-        verdict("auto's held-out loss within 2% of fp32's (relative change, %)", 100 * auto["loss_change"],
-                abs(auto["loss_change"]) <= 0.02)
+        pr.verdict("auto >= 1.8x fp32 tokens/s", auto["speedup"], auto["speedup"] >= 1.8, note)
+        pr.verdict("auto's held-out loss within 2% of fp32's (relative change, %)", 100 * auto["loss_change"],
+                   abs(auto["loss_change"]) <= 0.02)
     if args.json:
-        write_record(args.json, args, rows)
+        pr.write_record(args.json, args, rows)
 
 
 if __name__ == "__main__":
