@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from kallm.bbh import load_tasks
-from kallm.bbh.generation import generate_greedy
-from kallm.bbh.prompts import get_mode, render_prompt
-from kallm.models import load_model
+from kallm.evaluation.bbh import load_tasks
+from kallm.evaluation.bbh.generation import generate_greedy
+from kallm.evaluation.bbh.prompts import get_mode, render_prompt
+from kallm.models.loading import load_model
 
 
 def main() -> None:

@@ -45,8 +45,8 @@ def parse_args() -> argparse.Namespace:
 
 def evaluate_arms(model, tokenizer, args: argparse.Namespace, precisions: dict) -> tuple[dict, dict, dict]:
     """Per arm: the predictions in order, the wall time, and the per-task scores."""
-    from kallm.bbh import evaluate_bbh, select_tasks
-    from kallm.bbh.tasks import FREE_FORM, load_tasks
+    from kallm.evaluation.bbh import evaluate_bbh, select_tasks
+    from kallm.evaluation.bbh.tasks import FREE_FORM, load_tasks
 
     tasks = [t.name for t in load_tasks(select_tasks(args.tasks), args.data_dir, 1) if t.group != FREE_FORM]
     device = next(model.parameters()).device
@@ -93,8 +93,8 @@ def compare(preds: dict, wall: dict, scores: dict, precisions: dict) -> list[dic
 def main() -> None:
     args = parse_args()
     pr.malloc_as_the_command_line()
-    from kallm.models import load_model
-    from kallm.precision import resolve_precision
+    from kallm.models.loading import load_model
+    from kallm.runtime.precision import resolve_precision
 
     model, tokenizer = load_model(args.model)
     device = next(model.parameters()).device

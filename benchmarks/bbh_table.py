@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from kallm.bbh import evaluate_bbh
+from kallm.evaluation.bbh import evaluate_bbh
 from kallm.io import write_text_atomic
-from kallm.models import load_model
+from kallm.models.loading import load_model
 
 
 def parse_runs(text: str) -> list[tuple[str, int | None]]:

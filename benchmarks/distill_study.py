@@ -45,8 +45,8 @@ log = logging.getLogger("distill_study")
 def held_out_loss(model, examples, pad_id: int, layer_index: int, states: list[torch.Tensor]) -> float:
     """Mean next-token CE over assistant tokens, running only the layers from `layer_index` on."""
     from kallm.data import collate
+    from kallm.models.prefix import tail_hidden_states
     from kallm.training.loss import check_lm_head, labelled_lm_loss
-    from kallm.training.prefix import tail_hidden_states
 
     total, count = 0.0, 0
     model.eval()
@@ -61,7 +61,7 @@ def held_out_loss(model, examples, pad_id: int, layer_index: int, states: list[t
 
 def prefix_states(model, examples, pad_id: int, layer_index: int) -> list[torch.Tensor]:
     from kallm.data import collate
-    from kallm.training.prefix import prefix_hidden_states
+    from kallm.models.prefix import prefix_hidden_states
 
     out = []
     for start in range(0, len(examples), 8):
@@ -71,7 +71,7 @@ def prefix_states(model, examples, pad_id: int, layer_index: int) -> list[torch.
 
 
 def bbh_score(model, tokenizer, limit: int) -> dict:
-    from kallm.bbh import evaluate_bbh
+    from kallm.evaluation.bbh import evaluate_bbh
 
     with torch.inference_mode():
         scores = evaluate_bbh(model, tokenizer, tasks=BBH_TASKS, mode="mc", limit=limit,
@@ -114,10 +114,10 @@ def main() -> None:
     torch.manual_seed(0)
 
     from kallm.data import collate, load_conversations
+    from kallm.distill.layerwise import DistillConfig, _fit_lstsq, collect_ffn_io, distill_retrofit, fvu
     from kallm.io import write_json_atomic, write_text_atomic
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
     from kallm.retrofitting.arch import find_decoder_layers
-    from kallm.retrofitting.distill import DistillConfig, _fit_lstsq, collect_ffn_io, distill_retrofit, fvu
     from kallm.retrofitting.layers import parse_layer_spec
     from kallm.retrofitting.surgery import RetrofitFFN, retrofit
     from kallm.training.config import TrainConfig

@@ -32,7 +32,7 @@ def build_model(name: str):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from kallm.errors import KallmError
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
 
     try:
         return load_model(name)
@@ -66,7 +66,7 @@ def main() -> None:
     from kallm.training.config import TrainConfig
 
     if args.save_tokenizer:
-        from kallm.models import load_model
+        from kallm.models.loading import load_model
 
         load_model(args.model)[1].save_pretrained(REPO / "benchmarks" / "smollm2_tokenizer")
         return

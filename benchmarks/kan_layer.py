@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kallm.kan import KANLinear, build_kan, kan_num_params, list_bases  # noqa: E402
-from kallm.precision import autocast, resolve_precision  # noqa: E402
+from kallm.runtime.precision import autocast, resolve_precision  # noqa: E402
 from naive_kan import NaiveChebyshevKAN  # noqa: E402
 
 

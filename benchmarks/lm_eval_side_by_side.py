@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kallm.bbh.prompts import get_mode
-from kallm.bbh.tasks import resolve_data_dir, select_tasks
-from kallm.models import embedded_model_dir
+from kallm.evaluation.bbh.prompts import get_mode
+from kallm.evaluation.bbh.tasks import resolve_data_dir, select_tasks
+from kallm.models.loading import embedded_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("zeroshot", "fewshot", "cot")

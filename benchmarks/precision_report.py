@@ -30,14 +30,14 @@ def verdict(text: str, value: float, ok: bool, note: str = "") -> None:
 
 def malloc_as_the_command_line() -> None:
     """Tune malloc as `kallm` does at start (KALLM_MALLOC=system: glibc's defaults): the timings are the CLI's."""
-    from kallm.allocator import keep_freed_memory
+    from kallm.runtime.allocator import keep_freed_memory
 
     keep_freed_memory()
 
 
 def conditions() -> str:
     """What else shaped the timings, for a benchmark's header: the load average now, malloc's set-up."""
-    from kallm.allocator import allocator_state
+    from kallm.runtime.allocator import allocator_state
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"load average {load:.1f} at the end; malloc: {allocator_state()}"
@@ -45,7 +45,7 @@ def conditions() -> str:
 
 def write_record(path: str, args: argparse.Namespace, rows: list[dict]) -> None:
     """The run's arguments, malloc set-up and rows as JSON."""
-    from kallm.allocator import allocator_state
+    from kallm.runtime.allocator import allocator_state
 
     record = {"args": vars(args), "malloc": allocator_state(), "rows": rows}
     Path(path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

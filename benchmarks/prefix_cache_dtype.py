@@ -27,9 +27,9 @@ CHAT = Path(os.environ.get("KALLM_SHARED_DATA", REPO.parent / "shared" / "data")
 
 def held_out_losses(model, batches: list[dict], layer: int, compute: str) -> dict[str, tuple[float, list[float]]]:
     """{storage: (mean CE per labelled token, per-conversation mean CE)} for fp32 and bf16 storage."""
-    from kallm.precision import autocast
+    from kallm.models.prefix import PrefixCache
+    from kallm.runtime.precision import autocast
     from kallm.training.loss import StepLoss
-    from kallm.training.prefix import PrefixCache
 
     step_loss = StepLoss(model, layer, 1024)
     full = PrefixCache.build(model, batches, layer, precision=compute, progress=False)
@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--data", default=str(CHAT))
     args = p.parse_args()
     from kallm.data import collate, load_conversations, tokenize_conversations
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
 
     model, tokenizer = load_model()
     model.requires_grad_(False)

@@ -4,7 +4,7 @@
 
 The demo's setting on the embedded SmolLM2-135M-Instruct: `last:5`, 1,200 conversations of
 ../shared/data/chat, 128 of them carved out as the held-out set exactly as the demo carves it
-(`kallm.heldout.carve_heldout`, the grid's seed), conversations of at most 192 tokens, batches of 4. Each
+(`kallm.evaluation.heldout.scoring.carve_heldout`, the grid's seed), conversations of at most 192 tokens, batches of 4. Each
 recipe × seed: load, retrofit, init (random, layerwise or sequential distillation), score the held-out set,
 recover (train.loss, lr, steps, freeze), score again. Reported per recipe: held-out NLL per assistant token
 right after the init and after the recovery, its difference from the original with the 95% interval of
@@ -132,10 +132,10 @@ class Study:
 
     def __init__(self, out: Path) -> None:
         from kallm.data import load_conversations
-        from kallm.experiment.heldout import HELDOUT_SEED
-        from kallm.heldout import carve_heldout
-        from kallm.models import load_model
-        from kallm.precision import resolve_precision
+        from kallm.evaluation.heldout.scoring import carve_heldout
+        from kallm.evaluation.heldout.sets import HELDOUT_SEED
+        from kallm.models.loading import load_model
+        from kallm.runtime.precision import resolve_precision
 
         self.out = out
         (out / "cache").mkdir(parents=True, exist_ok=True)
@@ -149,7 +149,7 @@ class Study:
 
     def cache(self, model, name: str, layer: int):
         """One prefix cache per data set, in the precision the runs compute in (as a grid keeps them)."""
-        from kallm.training.prefix import PrefixCache
+        from kallm.models.prefix import PrefixCache
 
         if name not in self.caches:
             path = self.out / "cache" / f"prefix-{name}-layer{layer}-{self.precision.name}.safetensors"
@@ -164,7 +164,7 @@ class Study:
 
     def score(self, model, layer: int):
         """Held-out NLL in the demo's evaluation precision (`auto`), the shared layers from the cache."""
-        from kallm.heldout import score_heldout
+        from kallm.evaluation.heldout.scoring import score_heldout
 
         with self.precision.autocast("cpu"):
             return score_heldout(model, self.heldout, name="heldout", pad_id=self.pad, layer_index=layer,
@@ -174,16 +174,16 @@ class Study:
 def _init(study: Study, model, recipe: Recipe, seed: int, layer: int) -> dict:
     """Fit the new FFNs as the recipe says; returns the fit's record (FVU per layer, wall time)."""
     from kallm.data import token_batches
-    from kallm.retrofitting.distill import DistillConfig, collect_ffn_io, distill_retrofit
-    from kallm.training.blockfit import sequential_distill
+    from kallm.distill.layerwise import DistillConfig, collect_ffn_io, distill_retrofit
+    from kallm.distill.sequential import sequential_distill
+    from kallm.distill.teacher import build_teacher
     from kallm.training.config import TrainConfig
     from kallm.training.examples import prepare_data
-    from kallm.training.teacher import build_teacher
 
     if recipe.init == "random":
         return {"wall_s": 0.0}
     if recipe.init == "original":  # the reference: the untouched model's own FFNs, trained by the same recipe
-        from kallm.retrofitting.originals import restore_original_weights
+        from kallm.retrofitting.displaced import restore_original_weights
 
         restore_original_weights(model)
         return {"wall_s": 0.0}
@@ -207,7 +207,7 @@ def _train_settings(recipe: Recipe, seed: int) -> dict:
 
 
 def run_one(study: Study, name: str, recipe: Recipe, seed: int) -> dict:
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
     from kallm.retrofitting import retrofit
     from kallm.training import train_model
     from kallm.training.config import TrainConfig
@@ -243,7 +243,7 @@ def _runs(records: list[dict], which: str):
 
 def _cell(runs, original) -> tuple[str, str, str]:
     """(mean NLL, difference from the original [95% CI], quality retained) of some runs."""
-    from kallm.heldout import quality_retained
+    from kallm.evaluation.heldout.scoring import quality_retained
     from kallm.report.stats import nll_difference_ci
 
     nll = float(runs.per_run_nll.mean())
@@ -278,7 +278,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from kallm.io import read_jsonl
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
     from kallm.registry import Registry
 
     registry: Registry[Recipe] = Registry("recipe")

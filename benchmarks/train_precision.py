@@ -63,12 +63,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_arm(label: str, args: argparse.Namespace, conversations, out: Path):
-    from kallm.models import load_model
-    from kallm.precision import resolve_precision
+    from kallm.models.loading import load_model
+    from kallm.models.prefix import PrefixCache, prefix_fingerprint
     from kallm.retrofitting import retrofit
+    from kallm.runtime.precision import resolve_precision
     from kallm.training.config import TrainConfig
     from kallm.training.loop import TrainLoop
-    from kallm.training.prefix import PrefixCache, prefix_fingerprint
 
     precision, _, storage = label.partition("/cache:")
     config = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch, max_length=args.length, warmup_steps=2,

@@ -96,7 +96,7 @@ def real_batch(tokenizer, batch: int, length: int) -> dict:
 
 
 def build(variant: str):
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
     from kallm.retrofitting import retrofit
 
     model, tokenizer = load_model("smollm2-135m-instruct")
@@ -115,12 +115,12 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
+    from kallm.distill.teacher import build_teacher
+    from kallm.models.prefix import PrefixCache
     from kallm.training.config import TrainConfig
     from kallm.training.loss import StepLoss
     from kallm.training.objective import LossSpec, ObjectiveLoss, kd_row_mask
     from kallm.training.optim import build_optimizer
-    from kallm.training.prefix import PrefixCache
-    from kallm.training.teacher import build_teacher
 
     setups = {}
     for variant in VARIANTS:

@@ -3,7 +3,7 @@
 Run by hand in a side virtualenv that has lm-eval (not in CI; the tests only read the committed file):
 
     /work/lmeval-venv/bin/python scripts/make_bbh_fixtures.py --data-dir ../shared/data/bbh \\
-        --out tests/bbh/fixtures/lm_eval_0.4.13.json.xz
+        --out tests/evaluation/bbh/fixtures/lm_eval_0.4.13.json.xz
 
 For all 27 tasks x bbh_zeroshot / bbh_fewshot / bbh_cot_fewshot it loads lm-eval's own task objects
 (TaskManager on copies of lm-eval's task yaml files whose only change is the data source: the official BBH
@@ -346,7 +346,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/bbh"),
                         help="official BBH release (TASK.json files)")
-    parser.add_argument("--out", type=Path, default=Path("tests/bbh/fixtures/lm_eval_0.4.13.json.xz"))
+    parser.add_argument("--out", type=Path, default=Path("tests/evaluation/bbh/fixtures/lm_eval_0.4.13.json.xz"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/kallm-lm-eval-bbh"),
                         help="scratch folder for the offline task copies and JSONL data")
     args = parser.parse_args()

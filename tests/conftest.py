@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kallm.allocator import keep_freed_memory
+from kallm.runtime.allocator import keep_freed_memory
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # The suite runs with malloc set up as the command line sets it, from the first test on: in-process CLI
@@ -30,7 +30,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors folder (converted from GGUF once, then cached)."""
-    from kallm.models import embedded_model_dir
+    from kallm.models.loading import embedded_model_dir
 
     return embedded_model_dir()
 
@@ -49,7 +49,7 @@ def smol_tokenizer(embedded_dir):
 @pytest.fixture(scope="session")
 def embedded_model(embedded_dir):
     """The real embedded model and tokenizer, float32 on CPU (use only in tests marked slow)."""
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
 
     return load_model(str(embedded_dir))
 

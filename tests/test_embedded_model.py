@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kallm.models import load_model_skeleton
+from kallm.models.loading import load_model_skeleton
 from kallm.retrofitting.surgery import retrofit
 
 pytestmark = pytest.mark.slow
@@ -26,8 +26,8 @@ def test_study_trainable_counts(embedded_dir, variant, trainable):
 
 
 def test_retrofit_and_generate(embedded_model, tmp_path):
-    from kallm.models import load_model
-    from kallm.retrofitting.folder import load_retrofit, save_retrofit
+    from kallm.models.loading import load_model
+    from kallm.retrofitting.saving import load_retrofit, save_retrofit
 
     model, tok = load_model(str(embedded_model[0].config._name_or_path))
     retrofit(model, layers="last:5", variant="kan:chebyshev2:2", freeze="ffn", seed=0)

@@ -8,17 +8,17 @@ __version__ = "0.1.0"
 # (The packages are named `retrofitting`, `training`, `experiment`: a package `kallm.retrofit` would
 # replace the function `kallm.retrofit` as an attribute of `kallm` as soon as it was imported.)
 _LAZY = {
-    "load_model": "kallm.models",
+    "load_model": "kallm.models.loading",
     "retrofit": "kallm.retrofitting",
     "retrofit_report": "kallm.retrofitting",
     "save_retrofit": "kallm.retrofitting",
     "load_retrofit": "kallm.retrofitting",
-    "export_pretrained": "kallm.retrofitting.export",
+    "export_pretrained": "kallm.export.pretrained",
     "parse_variant": "kallm.retrofitting",
     "VariantSpec": "kallm.retrofitting",
     "train": "kallm.training",
     "TrainConfig": "kallm.training",
-    "evaluate_bbh": "kallm.bbh",
+    "evaluate_bbh": "kallm.evaluation.bbh",
     "run_experiment": "kallm.experiment",
     "write_report": "kallm.report",
     "KallmError": "kallm.errors",

@@ -68,7 +68,7 @@ class Fx:
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory, smol_tokenizer, shared_data) -> Fx:
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
     from kallm.retrofitting import retrofit, save_retrofit
 
     root = tmp_path_factory.mktemp("bad-inputs")

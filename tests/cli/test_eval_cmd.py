@@ -48,7 +48,7 @@ def test_bad_input_is_one_line(model_dir, shared_data, capsys, extra, message):
 
 
 def test_precision_auto_follows_the_cpu_and_is_recorded(model_dir, shared_data, tmp_path, capsys, monkeypatch):
-    from kallm import precision
+    from kallm.runtime import precision
 
     base = ["eval", str(model_dir), "--tasks", "navigate", "--mode", "mc", "--limit", "2",
             "--data-dir", str(shared_data / "bbh")]

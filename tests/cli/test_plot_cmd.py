@@ -7,7 +7,7 @@ import torch
 
 from kallm.cli import main
 from kallm.report.kan_functions import DPI, PANEL_INCHES
-from kallm.retrofitting.folder import save_retrofit
+from kallm.retrofitting.saving import save_retrofit
 from kallm.retrofitting.surgery import retrofit
 from tests.report.test_kan_functions import png_size
 from tests.tiny_models import make_tiny_model
@@ -21,7 +21,7 @@ def _error_lines(stderr: str) -> list[str]:
 @pytest.fixture(scope="module")
 def retrofit_dir(smol_tokenizer, tmp_path_factory):
     """A retrofit (kan:chebyshev2:2 on layers 2, 3) whose KAN weights are no longer the fresh init."""
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
 
     base = tmp_path_factory.mktemp("base")
     make_tiny_model("llama", vocab_size=len(smol_tokenizer)).save_pretrained(base)

@@ -44,7 +44,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from kallm.data import load_conversations
-    from kallm.models import embedded_model_dir
+    from kallm.models.loading import embedded_model_dir
     from kallm.training import train_model
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())

@@ -19,7 +19,7 @@ from kallm.errors import KallmError
 from kallm.experiment import load_config, parse_shard, plan_runs, run_experiment, shard_runs
 from kallm.experiment.results import finished_runs
 from kallm.io import read_jsonl
-from kallm.precision import resolve_precision
+from kallm.runtime.precision import resolve_precision
 from tests.training_helpers import write_chat_sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,8 +128,8 @@ def test_prefix_cached_eval_equals_plain_eval(tmp_path, tiny_base, chat_file, sh
                         variants=[{"name": "kan", "spec": "kan:chebyshev2:2"}], eval_precision="fp32")
     out = run_experiment(path, progress=False)
     cached = [json.loads(line) for line in (out / "runs/kan.seed0/eval/predictions.jsonl").read_text().splitlines()]
-    from kallm.bbh import evaluate_bbh
-    from kallm.retrofitting.folder import load_retrofit
+    from kallm.evaluation.bbh import evaluate_bbh
+    from kallm.retrofitting.saving import load_retrofit
 
     model, tok = load_retrofit(out / "runs/kan.seed0/retrofit")
     plain = evaluate_bbh(model, tok, tasks=["navigate", "boolean_expressions"], mode="mc", limit=2,

@@ -103,7 +103,7 @@ def test_the_pareto_figure_plots_the_table(tmp_path):
 
 
 def test_only_a_randomly_initialised_full_size_linear_is_the_linear_restart():
-    from kallm.report.heldout import linear_restart_of
+    from kallm.report.heldout_comparisons import linear_restart_of
     from kallm.report.records import VariantSummary
 
     def summary(name, spec, init, same_as=None):

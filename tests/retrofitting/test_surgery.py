@@ -7,9 +7,9 @@ import torch
 
 from kallm.errors import KallmError
 from kallm.retrofitting.arch import find_decoder_layers, find_ffn, model_dims
-from kallm.retrofitting.originals import restore_original_weights
-from kallm.retrofitting.report import count_params
+from kallm.retrofitting.displaced import restore_original_weights
 from kallm.retrofitting.surgery import is_new_param, retrofit
+from kallm.retrofitting.surgery_report import count_params
 from tests.tiny_models import TINY_CONFIGS, make_tiny_model
 
 ARCHS = list(TINY_CONFIGS)

@@ -15,14 +15,14 @@ from safetensors.torch import load_file
 from torch.profiler import ProfilerActivity, profile
 
 from kallm.data import collate, load_conversations, tokenize_conversations
+from kallm.distill.teacher import build_teacher
+from kallm.models.prefix import prefix_hidden_states
 from kallm.retrofitting import retrofit
 from kallm.training import train_model
 from kallm.training.checkpoint import latest_checkpoint
 from kallm.training.config import TrainConfig
 from kallm.training.kd import DistillTerms, linear_distill_loss
 from kallm.training.objective import LossSpec, ObjectiveLoss, kd_row_mask
-from kallm.training.prefix import prefix_hidden_states
-from kallm.training.teacher import build_teacher
 from tests.tiny_models import make_tiny_model
 from tests.training_helpers import Interrupt, StopAt, step_losses, write_chat_sample
 

@@ -109,7 +109,7 @@ def test_prefix_cache_gives_the_same_trajectory(smol_tokenizer, chat, tmp_path):
 
 
 def test_shared_prefix_cache_on_disk_is_reused_by_another_variant(smol_tokenizer, chat, tmp_path):
-    from kallm.training.prefix import PrefixCache
+    from kallm.models.prefix import PrefixCache
 
     config = BASE.replace(steps=3, save_every=0, eval_every=0)
     path = tmp_path / "prefix.safetensors"
@@ -180,7 +180,7 @@ def test_bf16_autocast_on_cpu_tracks_float32(smol_tokenizer, chat, tmp_path):
 
 
 def test_bf16_training_leaves_every_weight_float32_and_the_frozen_ones_untouched(smol_tokenizer, chat, tmp_path):
-    """The frozen weights' bf16 copies (kallm.frozen_bf16) are swapped in only while a step runs."""
+    """The frozen weights' bf16 copies (kallm.runtime.bf16_weights) are swapped in only while a step runs."""
     model = tiny_frozen_model(len(smol_tokenizer))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     train_model(model, smol_tokenizer, chat, BASE.replace(steps=2, save_every=0, eval_every=1, precision="bf16"),
@@ -192,7 +192,7 @@ def test_bf16_training_leaves_every_weight_float32_and_the_frozen_ones_untouched
 
 
 def test_auto_on_a_bf16_cpu_trains_in_bf16_and_resumes_exactly(smol_tokenizer, chat, tmp_path, monkeypatch):
-    from kallm import precision
+    from kallm.runtime import precision
 
     monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"avx512_bf16": True})  # as a Xeon reports it
     config = BASE.replace(steps=4, save_every=2, eval_every=0, precision="auto", prefix_cache=True)
@@ -220,7 +220,7 @@ def test_auto_on_a_bf16_cpu_trains_in_bf16_and_resumes_exactly(smol_tokenizer, c
 
 
 def test_resuming_in_another_precision_is_said(smol_tokenizer, chat, tmp_path, monkeypatch, caplog):
-    from kallm import precision
+    from kallm.runtime import precision
 
     monkeypatch.setattr(precision, "cpu_capabilities", lambda: {})
     config = BASE.replace(steps=3, save_every=1, eval_every=0, precision="auto")

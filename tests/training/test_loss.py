@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kallm.models.prefix import tail_hidden_states
 from kallm.training.loss import (
     CHUNK_BYTES,
     check_lm_head,
@@ -13,7 +14,6 @@ from kallm.training.loss import (
     linear_cross_entropy_sum,
     softmax_and_ce,
 )
-from kallm.training.prefix import tail_hidden_states
 from tests.tiny_models import make_tiny_model
 
 

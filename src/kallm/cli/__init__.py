@@ -15,9 +15,9 @@ import sys
 from typing import NoReturn
 
 from kallm import __version__
-from kallm.allocator import keep_freed_memory
 from kallm.errors import KallmError
 from kallm.progress import progress_enabled
+from kallm.runtime.allocator import keep_freed_memory
 
 # Module names under kallm.cli, one per command (or family of commands).
 _COMMAND_MODULES = ("inspect_cmd", "train_cmd", "eval_cmd", "run_cmd", "report_cmd", "plot_cmd", "export_cmd")

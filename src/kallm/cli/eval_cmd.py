@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kallm.precision import PRECISIONS
+from kallm.runtime.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ def register(subparsers) -> None:
 
 
 def _load(model: str, dtype: str, device: str | None, allow_other_base: bool = False):
-    from kallm.models import load_model
+    from kallm.models.loading import load_model
 
     if Path(model).is_dir():
-        from kallm.retrofitting.folder import is_retrofit_dir, load_retrofit
+        from kallm.retrofitting.saving import is_retrofit_dir, load_retrofit
 
         if is_retrofit_dir(model):
             return load_retrofit(model, dtype=dtype, device=device, allow_other_base=allow_other_base)
@@ -66,11 +66,11 @@ def format_table(scores: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from kallm.bbh import EvalSettings, evaluate_bbh, select_tasks
-    from kallm.bbh.tasks import resolve_data_dir
+    from kallm.evaluation.bbh import EvalSettings, evaluate_bbh, select_tasks
+    from kallm.evaluation.bbh.tasks import resolve_data_dir
     from kallm.io import check_output_dir
-    from kallm.models import resolve_device, resolve_dtype
-    from kallm.precision import resolve_precision
+    from kallm.models.loading import resolve_device, resolve_dtype
+    from kallm.runtime.precision import resolve_precision
 
     # Check the cheap things before loading a model.
     EvalSettings(mode=args.mode, limit=args.limit, batch_size=args.batch_size, chat_template=args.chat_template,

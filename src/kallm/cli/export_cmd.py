@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kallm.retrofitting.export import export_pretrained
+    from kallm.export.pretrained import export_pretrained
 
     out = export_pretrained(args.retrofit_dir, args.out_dir, base_model=args.base_model, overwrite=args.overwrite,
                             verify=args.verify)

@@ -40,7 +40,7 @@ def format_report(report) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from kallm.models import load_model_skeleton
+    from kallm.models.loading import load_model_skeleton
     from kallm.retrofitting import parse_variant, retrofit
 
     variant = parse_variant(args.variant)  # bad input fails before the model's config is fetched

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from kallm.precision import PRECISIONS
+from kallm.runtime.precision import PRECISIONS
 from kallm.training.config import KD_POSITIONS, TrainConfig
 
 _RUN_KEYS = {"model": "smollm2-135m-instruct", "layers": "last:5", "variant": "kan:chebyshev2:2", "freeze": "ffn",
@@ -57,7 +57,7 @@ def _relative_to_file(key: str, value: Any, lines) -> Any:
     from pathlib import Path
 
     from kallm.data.loading import source_in
-    from kallm.models import model_in
+    from kallm.models.loading import model_in
 
     folder = Path(lines[key].file).resolve().parent
     if key == "model" and isinstance(value, str):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kallm.errors import KallmError
-from kallm.training.prefix import prefix_fingerprint, prefix_hidden_states, tail_hidden_states
+from kallm.models.prefix import prefix_fingerprint, prefix_hidden_states, tail_hidden_states
 
 log = logging.getLogger(__name__)
 

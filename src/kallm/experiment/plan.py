@@ -53,7 +53,7 @@ def plan_runs(config: ExperimentConfig, counts: Mapping[str, int] | None = None)
 
 def same_as_counts(config: ExperimentConfig) -> dict[str, int]:
     """New-FFN parameters per layer of every variant another one is sized `same-as` (empty if none is)."""
-    from kallm.models import load_model_skeleton
+    from kallm.models.loading import load_model_skeleton
     from kallm.retrofitting import retrofit
 
     targets = sorted({v.same_as for v in config.variants if v.same_as is not None})
@@ -87,7 +87,7 @@ def shard_runs(runs: list[PlannedRun], shard: tuple[int, int] | None) -> list[Pl
 
 def dry_run_rows(config: ExperimentConfig, runs: list[PlannedRun]) -> list[dict[str, Any]]:
     """Parameter counts per planned run, from the model built on the meta device (no weights)."""
-    from kallm.models import load_model_skeleton
+    from kallm.models.loading import load_model_skeleton
     from kallm.retrofitting import retrofit
 
     rows, seen = [], {}

@@ -25,7 +25,7 @@ from kallm.experiment.validate import (
     check_output,
     check_tasks,
 )
-from kallm.models import resolve_device
+from kallm.models.loading import resolve_device
 
 
 def _at(config: ExperimentConfig, key: str, check: Callable[[], Any]) -> Any:

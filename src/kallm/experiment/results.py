@@ -29,7 +29,7 @@ from kallm.io import (
     write_text_atomic,
 )
 from kallm.locks import held
-from kallm.runinfo import run_info
+from kallm.provenance import run_info
 
 log = logging.getLogger(__name__)
 

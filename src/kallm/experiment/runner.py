@@ -23,25 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kallm.bbh import evaluate_bbh, load_tasks
-from kallm.bbh.chance import chance_levels
 from kallm.data import ConversationSet, TextSet, load_training_data, token_batches
-from kallm.errors import KallmError
-from kallm.experiment.eval_cache import CachedPrefixForward
-from kallm.experiment.heldout import GridHeldout, heldout_record, write_scores
-from kallm.experiment.plan import PlannedRun
-from kallm.experiment.results import finished_runs, locked, record_result
-from kallm.experiment.schema import EvalConfig, ExperimentConfig
-from kallm.heldout import HeldoutScore
-from kallm.io import read_json, remove_stale_temps, write_json_atomic
-from kallm.locks import Busy, held
-from kallm.models import load_model, model_source, resolve_device
-from kallm.precision import resolve_precision
-from kallm.progress import progress_bar
-from kallm.retrofitting import RetrofitReport, retrofit, retrofit_report, save_retrofit
-from kallm.retrofitting.arch import find_decoder_layers
-from kallm.retrofitting.curriculum import DegreeCurriculum
-from kallm.retrofitting.distill import (
+from kallm.distill.layerwise import (
     DistillConfig,
     collect_ffn_io,
     distill_retrofit,
@@ -49,17 +32,34 @@ from kallm.retrofitting.distill import (
     load_ffn_io,
     save_ffn_io,
 )
+from kallm.distill.sequential import sequential_distill
+from kallm.distill.teacher import build_teacher
+from kallm.errors import KallmError
+from kallm.evaluation.bbh import evaluate_bbh, load_tasks
+from kallm.evaluation.bbh.chance import chance_levels
+from kallm.evaluation.heldout.scoring import HeldoutScore
+from kallm.evaluation.heldout.sets import GridHeldout, heldout_record, write_scores
+from kallm.experiment.eval_cache import CachedPrefixForward
+from kallm.experiment.plan import PlannedRun
+from kallm.experiment.results import finished_runs, locked, record_result
+from kallm.experiment.schema import EvalConfig, ExperimentConfig
+from kallm.io import read_json, remove_stale_temps, write_json_atomic
+from kallm.locks import Busy, held
+from kallm.models.loading import load_model, model_source, resolve_device
+from kallm.models.prefix import PrefixCache
+from kallm.progress import progress_bar
+from kallm.provenance import run_info
+from kallm.retrofitting import RetrofitReport, retrofit, retrofit_report, save_retrofit
+from kallm.retrofitting.arch import find_decoder_layers
+from kallm.retrofitting.curriculum import DegreeCurriculum
+from kallm.retrofitting.displaced import restore_original_weights
 from kallm.retrofitting.layers import parse_layer_spec
-from kallm.retrofitting.originals import restore_original_weights
 from kallm.retrofitting.surgery import refresh_report
-from kallm.runinfo import run_info
+from kallm.runtime.precision import resolve_precision
 from kallm.training import train_model
-from kallm.training.blockfit import sequential_distill
 from kallm.training.checkpoint import latest_checkpoint
 from kallm.training.examples import prepare_data
-from kallm.training.prefix import PrefixCache
 from kallm.training.state import RunFiles
-from kallm.training.teacher import build_teacher
 
 log = logging.getLogger(__name__)
 

@@ -20,21 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kallm.bbh.evaluate import EvalSettings
-from kallm.bbh.tasks import DEFAULT_HUB_ID, HUB_PREFIX
 from kallm.config.mapping import INTERNAL, FieldError, from_mapping
 from kallm.config.yamlsrc import Lines, load_yaml_mapping, locate
 from kallm.data import DEFAULT_DATASET
 from kallm.data.loading import source_in
+from kallm.distill.layerwise import DistillConfig
 from kallm.errors import KallmError
+from kallm.evaluation.bbh.evaluate import EvalSettings
+from kallm.evaluation.bbh.tasks import DEFAULT_HUB_ID, HUB_PREFIX
 from kallm.experiment.validate import check_curriculum_steps, check_metric, check_tasks
-from kallm.models import check_device_name, model_in
-from kallm.precision import precision_problem
+from kallm.models.loading import check_device_name, model_in
+from kallm.provenance import config_hash
 from kallm.registry import Registry, unknown_name_message
 from kallm.retrofitting.curriculum import DegreeSchedule, check_schedule_for, start_variant, validate_schedule
-from kallm.retrofitting.distill import DistillConfig
 from kallm.retrofitting.variant import Budget, VariantSpec
-from kallm.runinfo import config_hash
+from kallm.runtime.precision import precision_problem
 from kallm.training.config import TrainConfig
 
 Dtype = Literal["float32", "bfloat16", "float16"]

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kallm.bbh import get_mode, list_tasks, load_tasks, select_tasks
-from kallm.bbh.tasks import resolve_data_dir
 from kallm.data.loading import source_files
 from kallm.errors import KallmError
+from kallm.evaluation.bbh import get_mode, list_tasks, load_tasks, select_tasks
+from kallm.evaluation.bbh.tasks import resolve_data_dir
 from kallm.io import check_output_dir
-from kallm.models import checked_model_path
+from kallm.models.loading import checked_model_path
 from kallm.registry import unknown_name_message
 from kallm.retrofitting.curriculum import DegreeSchedule
 

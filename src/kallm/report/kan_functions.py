@@ -19,7 +19,7 @@ def find_kan_layer(model: nn.Module, layer: int, index: int = 0) -> nn.Module:
     """The `index`-th KANLinear inside decoder layer `layer`'s retrofitted FFN."""
     from kallm.kan import KANLinear
     from kallm.retrofitting.arch import find_decoder_layers
-    from kallm.retrofitting.report import find_report
+    from kallm.retrofitting.surgery_report import find_report
 
     _, layers = find_decoder_layers(model)
     if not 0 <= layer < len(layers):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kallm.report.heldout import TUNED_ORIGINAL, HeldoutComparison
+from kallm.report.heldout_comparisons import TUNED_ORIGINAL, HeldoutComparison
 from kallm.report.records import VariantSummary
 from kallm.report.stats import ChanceTest, chance_test, detectable_difference
 from kallm.report.tables import DASH, fmt_count, fmt_pct, md_table

@@ -18,9 +18,9 @@ new FFNs from the old ones, and raise a KAN's degree during training.
 
 from __future__ import annotations
 
-from kallm.retrofitting.folder import load_retrofit, save_retrofit
-from kallm.retrofitting.report import RetrofitReport, find_report, retrofit_report
+from kallm.retrofitting.saving import load_retrofit, save_retrofit
 from kallm.retrofitting.surgery import retrofit
+from kallm.retrofitting.surgery_report import RetrofitReport, find_report, retrofit_report
 from kallm.retrofitting.variant import Budget, VariantSpec, parse_variant
 
 __all__ = [

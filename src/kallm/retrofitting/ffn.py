@@ -2,7 +2,7 @@
 
 This module imports only torch (and transformers for GPT-2's Conv1D): `kallm export` ships it, with
 the KAN library, inside an exported model folder, where the model's own code rebuilds the same
-modules without kallm (see `kallm.retrofitting.portable`).
+modules without kallm (see `kallm.export.portable`).
 """
 
 from __future__ import annotations

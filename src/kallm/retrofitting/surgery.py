@@ -19,11 +19,12 @@ from kallm.errors import KallmError
 from kallm.kan import build_kan
 from kallm.registry import Registry
 from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn, model_dims
+from kallm.retrofitting.displaced import keep_originals
 from kallm.retrofitting.ffn import RetrofitFFN
 from kallm.retrofitting.freeze import FREEZE_POLICIES, first_trainable_layer
 from kallm.retrofitting.layers import parse_layer_spec
-from kallm.retrofitting.originals import keep_originals
-from kallm.retrofitting.report import (
+from kallm.retrofitting.sizing import kan_hidden_width, linear_width, resize_mlp
+from kallm.retrofitting.surgery_report import (
     LayerReport,
     RetrofitReport,
     attach_report,
@@ -32,7 +33,6 @@ from kallm.retrofitting.report import (
     module_params,
     retrofit_report,
 )
-from kallm.retrofitting.sizing import kan_hidden_width, linear_width, resize_mlp
 from kallm.retrofitting.variant import VariantSpec, as_variant
 
 log = logging.getLogger(__name__)

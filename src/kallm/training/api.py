@@ -10,7 +10,7 @@ from kallm.data import DEFAULT_DATASET, load_training_data
 from kallm.errors import KallmError
 from kallm.io import check_output_dir, remove_stale_temps
 from kallm.locks import Busy, held
-from kallm.models import load_model, model_source
+from kallm.models.loading import load_model, model_source
 from kallm.retrofitting import VariantSpec, retrofit, save_retrofit
 from kallm.retrofitting.variant import as_variant
 from kallm.training.callbacks import TrainCallback

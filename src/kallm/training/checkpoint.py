@@ -3,7 +3,7 @@
 Each checkpoint is a folder `checkpoints/step-NNNNNNNN/` built in a temporary sibling and renamed
 into place, so a run killed at any moment (SIGKILL included) leaves only complete checkpoints; a
 leftover temporary folder is ignored and removed on the next resume. Tensors are safetensors and the
-rest JSON (`kallm.training.plainstate`): nothing in a checkpoint is a pickle, so nothing in it runs.
+rest JSON (`kallm.training.state_serialization`): nothing in a checkpoint is a pickle, so nothing in it runs.
 A checkpoint whose files do not read (truncated, damaged) is skipped with a warning for the one before.
 """
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from kallm.errors import KallmError
 from kallm.io import read_json, read_tensors, replace_dir_atomic
-from kallm.training.plainstate import (
+from kallm.training.state_serialization import (
     RngState,
     join_optimizer_state,
     parse_rng_state,

@@ -10,7 +10,7 @@ from typing import Any
 from kallm.config.mapping import FieldError
 from kallm.data.loading import ON_BAD_ROW
 from kallm.errors import KallmError
-from kallm.precision import precision_problem
+from kallm.runtime.precision import precision_problem
 from kallm.training.objective import KD_POSITIONS, KDPositions, LossSpec, as_loss_spec
 from kallm.training.tracking import tracker_names
 
@@ -36,7 +36,7 @@ class TrainConfig:
     save_every: int = 100  # 0: only the final checkpoint
     keep_checkpoints: int = 2
     seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast where the GPU/CPU has native bf16, else fp32 (kallm.precision)
+    precision: str = "auto"  # auto: bf16 autocast where the GPU/CPU has native bf16, else fp32 (kallm.runtime.precision)
     logits_chunk_size: int = 1024
     prefix_cache: bool = False
     group_by_length: bool = True

@@ -22,10 +22,12 @@ import torch
 from torch import nn
 
 from kallm.data import BatchSchedule, ConversationSet, TokenizedExample, collate
+from kallm.distill.teacher import build_teacher
 from kallm.io import read_json, write_json_atomic
-from kallm.precision import Precision, resolve_precision
+from kallm.models.prefix import PrefixCache, prefix_fingerprint
 from kallm.progress import progress_bar
 from kallm.retrofitting.freeze import first_trainable_layer
+from kallm.runtime.precision import Precision, resolve_precision
 from kallm.training.callbacks import TrainCallback
 from kallm.training.checkpoint import (
     apply_checkpoint,
@@ -39,9 +41,7 @@ from kallm.training.loss import StepLoss, check_lm_head
 from kallm.training.memory import current_memory, peak_memory, reset_peak_memory
 from kallm.training.objective import ObjectiveLoss, term_means
 from kallm.training.optim import build_optimizer, lr_at, rebuild_optimizer, set_lr, trainable_named_params
-from kallm.training.prefix import PrefixCache, prefix_fingerprint
 from kallm.training.state import MetricsLog, RunFiles, TrainState, check_out_dir
-from kallm.training.teacher import build_teacher
 from kallm.training.tracking import check_installed, flat_hparams, tracked_values, tracking_dir
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class TrainLoop:
         return state
 
     def _write_run_files(self) -> None:
-        from kallm.runinfo import run_info
+        from kallm.provenance import run_info
 
         self.files.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.files.config, self.meta)

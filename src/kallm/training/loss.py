@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kallm.allocator import HEAP_BLOCK_BYTES
 from kallm.data.tokenize import IGNORE_INDEX
 from kallm.errors import KallmError
-from kallm.training.prefix import tail_hidden_states
+from kallm.models.prefix import tail_hidden_states
+from kallm.runtime.allocator import HEAP_BLOCK_BYTES
 
 
 def check_lm_head(model: nn.Module) -> nn.Linear:

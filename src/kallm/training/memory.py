@@ -3,7 +3,7 @@
 On CUDA both come from the allocator (max allocated, reset per run). On CPU the current figure is
 the process RSS and the peak is Linux's VmHWM, reset per run through /proc/self/clear_refs; without
 that reset, several runs in one process (an experiment grid) would all report the largest peak so far.
-The reset first hands memory the heap kept (see `kallm.allocator`) back to the OS, or a run's peak would
+The reset first hands memory the heap kept (see `kallm.runtime.allocator`) back to the OS, or a run's peak would
 include what the run before it freed.
 """
 
@@ -13,7 +13,7 @@ import resource
 
 import torch
 
-from kallm.allocator import release_freed_memory
+from kallm.runtime.allocator import release_freed_memory
 
 MemoryKind = str  # "cuda" | "rss"
 

@@ -8,7 +8,7 @@
 
 `loss: ce+kd`, `0.5*ce+kd`, `kd+0.1*hidden`. Each term is a mean over its own positions in the global
 batch (labelled tokens for ce, KD positions for kd, tokens for hidden), so weights mean the same thing
-whatever the batch looks like. kd and hidden need the teacher (`kallm.training.teacher`), which the
+whatever the batch looks like. kd and hidden need the teacher (`kallm.distill.teacher`), which the
 training loop builds itself from the model.
 """
 
@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from kallm.data.tokenize import IGNORE_INDEX, TokenizedExample
+from kallm.distill.teacher import teacher_hidden_states
 from kallm.errors import KallmError
+from kallm.models.prefix import tail_hidden_states
 from kallm.registry import Registry
 from kallm.retrofitting.arch import find_decoder_layers
 from kallm.training.kd import DistillTerms, linear_distill_loss
 from kallm.training.loss import check_lm_head, linear_cross_entropy_sum
-from kallm.training.prefix import tail_hidden_states
-from kallm.training.teacher import teacher_hidden_states
 
 KDPositions = Literal["assistant", "all"]
 KD_POSITIONS: tuple[str, ...] = get_args(KDPositions)

@@ -1,0 +1,13 @@
+"""Held-out quality: NLL on conversations (and text) no run of a grid trained on.
+
+| module | concept |
+| --- | --- |
+| `scoring` | `HeldoutScore` (per-example sums, the one schema), `score_heldout`, `carve_heldout`, `quality_retained` |
+| `sets` | a grid's held-out sets: carved once, tokenised once, their shared prefix computed once, every run scored |
+"""
+
+from __future__ import annotations
+
+from kallm.evaluation.heldout.scoring import HeldoutScore, carve_heldout, quality_retained, score_heldout
+
+__all__ = ["HeldoutScore", "carve_heldout", "quality_retained", "score_heldout"]

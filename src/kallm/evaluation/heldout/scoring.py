@@ -1,0 +1,144 @@
+"""Held-out quality: mean next-token NLL per assistant token on conversations no run trained on.
+
+The verdict on a retrofit is how far it falls from the model it came from. Every run of a grid (the
+untouched model included) is scored on the same held-out conversations, and the per-conversation
+sums are kept, so two runs can be compared conversation by conversation (paired). Decoder layers
+below the first one any variant changes are identical in every run, so their output for the
+held-out conversations is computed once per grid (a `PrefixCache`) and only the tail runs per model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kallm.data import ChatTokenizer, ConversationSet, TokenizedExample, collate
+from kallm.errors import KallmError
+from kallm.models.prefix import PrefixCache, tail_hidden_states
+from kallm.progress import progress_bar
+from kallm.training.loss import check_lm_head, per_sequence_nll
+
+
+@dataclass
+class HeldoutScore:
+    """A model's NLL on one held-out set: pooled over tokens, and per conversation (for pairing)."""
+
+    name: str
+    keys: list[str] = field(default_factory=list)  # conversation content keys (TokenizedExample.key)
+    nll_sums: list[float] = field(default_factory=list)  # summed NLL over each conversation's assistant tokens
+    n_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.n_tokens)
+
+    @property
+    def nll(self) -> float:
+        """Mean NLL per assistant token, pooled over the set (nats)."""
+        if not self.total_tokens:
+            raise KallmError(f"held-out set {self.name!r} has no assistant tokens to score")
+        return math.fsum(self.nll_sums) / self.total_tokens
+
+    def summary(self) -> dict[str, Any]:
+        return {"nll": self.nll, "ppl": math.exp(self.nll), "n_conversations": len(self.keys),
+                "n_tokens": self.total_tokens}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "keys": self.keys, "nll_sums": self.nll_sums, "n_tokens": self.n_tokens}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeldoutScore:
+        return cls(str(data["name"]), list(data["keys"]), [float(x) for x in data["nll_sums"]],
+                   [int(n) for n in data["n_tokens"]])
+
+
+def carve_heldout(data: ConversationSet, size: int, tokenizer, max_length: int,
+                  seed: int = 0) -> tuple[list[TokenizedExample], ConversationSet]:
+    """(held-out examples, the rest of the data): `size` conversations that keep an assistant token within
+    `max_length`, drawn in a fixed order (seed), so every run of a grid is scored on the same ones."""
+    if size <= 0:
+        return [], data
+    chat = ChatTokenizer(tokenizer, max_length)
+    held: list[TokenizedExample] = []
+    for i in np.random.default_rng(seed).permutation(len(data)).tolist():
+        if len(held) == size:
+            break
+        example = chat(data.conversations[i], index=i)
+        if example is not None:
+            held.append(example)
+    if len(held) < size:
+        raise KallmError(f"only {len(held)} of {len(data)} conversations keep an assistant token within "
+                         f"{max_length} tokens; lower eval.heldout_size ({size}) or raise train.max_length")
+    taken = {e.index for e in held}
+    return held, data.subset([i for i in range(len(data)) if i not in taken])
+
+
+def _batches(examples: list[TokenizedExample], batch_size: int) -> list[list[TokenizedExample]]:
+    """Length-sorted batches (little padding); the order is deterministic, so is every score."""
+    ordered = sorted(examples, key=lambda e: (-len(e), e.key))
+    return [ordered[i: i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+@torch.no_grad()
+def score_heldout(model: nn.Module, examples: list[TokenizedExample], *, name: str, pad_id: int,
+                  layer_index: int = 0, cache: PrefixCache | None = None, batch_size: int = 8,
+                  chunk_size: int = 1024, progress: bool | None = None) -> HeldoutScore:
+    """Score `model` on `examples`; layers below `layer_index` come from `cache` when given (computed once).
+
+    The arithmetic is the caller's: run it under a precision's autocast (kallm.runtime.precision) to score in bf16;
+    the log-softmax is float32 either way."""
+    if not examples:
+        raise KallmError(f"held-out set {name!r} is empty")
+    if cache is not None and cache.layer_index != layer_index:
+        raise KallmError(f"held-out prefix cache is for layer {cache.layer_index}, not {layer_index}")
+    head = check_lm_head(model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    score = HeldoutScore(name)
+    try:
+        for batch_examples in progress_bar(_batches(examples, batch_size), progress=progress,
+                                           desc=f"held-out {name}", unit="batch"):
+            batch = collate(batch_examples, pad_id)
+            states = None
+            if cache is not None and layer_index > 0:
+                cache.fill(model, batch)
+                states = cache.batch_states(batch, device)
+            hidden = tail_hidden_states(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                        layer_index, states)
+            sums, counts = per_sequence_nll(hidden, batch["labels"].to(device), head, chunk_size)
+            score.keys += [e.key for e in batch_examples]
+            score.nll_sums += sums.tolist()
+            score.n_tokens += counts.tolist()
+    finally:
+        model.train(was_training)
+    return score
+
+
+@dataclass(frozen=True)
+class QualityRetained:
+    """How much of the original model's held-out quality a variant keeps.
+
+    `retained` = original NLL / variant NLL (1.0: as good as the original; 0.5: twice the NLL), `gap_nats` =
+    variant NLL - original NLL (nats per assistant token; > 0 is worse).
+    """
+
+    retained: float
+    gap_nats: float
+
+    @property
+    def relative_gap(self) -> float:
+        """The relative NLL gap (variant / original - 1): 0.10 means 10% worse than the original."""
+        return 1.0 / self.retained - 1.0
+
+
+def quality_retained(original_nll: float, variant_nll: float) -> QualityRetained:
+    """`QualityRetained` of a variant's mean held-out NLL against the original's, on the same conversations."""
+    if not (original_nll > 0 and variant_nll > 0 and math.isfinite(original_nll) and math.isfinite(variant_nll)):
+        raise KallmError(f"quality retained needs two positive finite NLLs, got {original_nll} and {variant_nll}")
+    return QualityRetained(original_nll / variant_nll, variant_nll - original_nll)
