@@ -15,7 +15,17 @@ from typing import Any
 from torch import nn
 
 from kallm.errors import KallmError
-from kallm.kan import SequentialKAN, SequentialSpec, build_kan, parse_kan_spec
+from kallm.kan import (
+    BasisSpec,
+    KANSpec,
+    ParallelSpec,
+    SequentialKAN,
+    SequentialSpec,
+    build_kan,
+    parse_kan_spec,
+)
+from kallm.kan.bases import BASES
+from kallm.kan.families import FAMILY_MODULES
 from kallm.retrofitting.arch import FFNSite, model_dims
 from kallm.retrofitting.ffn import RetrofitFFN, named_projections
 from kallm.retrofitting.sizing import ffn_param_count, kan_hidden_width, linear_width, resize_mlp
@@ -84,6 +94,21 @@ class LinearKind(VariantKind):
         return {"attr": attr, "kind": "linear", "projections": {p: list(s) for p, s in projections.items()}}
 
 
+def _basis_specs(spec: KANSpec) -> list[BasisSpec]:
+    if isinstance(spec, BasisSpec):
+        return [spec]
+    return [b for part in (spec.parts if isinstance(spec, ParallelSpec) else spec.layers) for b in _basis_specs(part)]
+
+
+def _check_shipped(spec: KANSpec) -> None:
+    """Every basis of `spec` is one an export ships (a family of kallm/kan/families.py)."""
+    for basis in _basis_specs(spec):
+        module = BASES.get(basis.name).__module__
+        if module not in FAMILY_MODULES:
+            raise KallmError(f"basis {basis.name!r} cannot be exported without kallm: its module {module} is not "
+                             "in kallm/kan/families.py, the basis modules an export ships")
+
+
 class KanKind(VariantKind):
     """A KAN (`kan:<KAN spec>`, see `kallm.kan.spec`) mapping d -> d; a split FFN's other parts are bypassed."""
 
@@ -132,6 +157,7 @@ class KanKind(VariantKind):
         return replacements, widths[0] if widths else None
 
     def describe(self, attr: str, module: nn.Module, spec: VariantSpec) -> dict[str, Any]:
+        _check_shipped(spec.kan)
         inner = module.kallm_ffn
         kan = spec.kan
         if isinstance(inner, SequentialKAN) and isinstance(kan, SequentialSpec):
