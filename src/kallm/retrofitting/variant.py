@@ -102,7 +102,10 @@ class VariantKind:
     options: tuple[str, ...] = ()  # which of budget=, hidden= the kind accepts
 
     def parse_arg(self, body: str, text: str) -> str | None:
-        """The canonical form of the spec text after '<name>:' ('' when there is none); None: no argument."""
+        """The canonical form of `body`, the text after '<name>:' ('' without one); None: no argument.
+
+        The result is `VariantSpec.arg`, printed back by `text`: parsing it again must give it unchanged.
+        """
         if body:
             raise KallmError(f"variant {self.name!r} takes no spec after ':', got {text!r}")
         return None
