@@ -37,6 +37,12 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T) -> None:
         self.register(name)(obj)
 
+    def remove(self, name: str) -> T:
+        """Unregister `name` (an entry a test or a plugin added for a while); returns its object."""
+        if name not in self._entries:
+            raise KallmError(unknown_name_message(self.kind, name, list(self._entries)))
+        return self._entries.pop(name)
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

@@ -190,6 +190,7 @@ def test_export_checks_itself_and_keeps_nothing_when_the_check_fails(tmp_path, m
     from transformers.utils import HF_MODULES_CACHE
 
     from kallm.export import pretrained as export_module
+    from kallm.retrofitting.kinds import KanKind
 
     model = make_tiny_model("llama", vocab_size=256)
     retrofit(model, layers="last:1", variant="kan:chebyshev2:2")
@@ -200,7 +201,8 @@ def test_export_checks_itself_and_keeps_nothing_when_the_check_fails(tmp_path, m
     # transformers' copy of the temporary folder's code is gone too
     assert not [p for p in (Path(HF_MODULES_CACHE) / "transformers_modules").glob("*") if "_dot_ok_dot_" in p.name]
 
-    monkeypatch.setattr(export_module, "_kan_text", lambda spec, inner: "chebyshev2:3")  # a wrong description
+    describe = KanKind.describe  # a wrong description of the KAN:
+    monkeypatch.setattr(KanKind, "describe", lambda self, *args: {**describe(self, *args), "kan": "chebyshev2:3"})
     with pytest.raises(KallmError, match="does not load back"):
         export_module.export_pretrained(model, tmp_path / "bad", tokenizer=make_tiny_tokenizer())
     assert [p.name for p in tmp_path.iterdir()] == ["ok"]

@@ -3,7 +3,8 @@
 transformers loads a folder's model code (`auto_map` + `trust_remote_code=True`) by copying the named
 file and, recursively, every file it imports as `from .name import ...` from the same folder; a file
 may import only installed packages besides those. So kallm ships the module closure of
-`kallm.export.portable` (the KAN library, the FFN wrapper, the layer finder, the freeze policies)
+`kallm.export.portable` (the KAN library with every basis family of `kallm.kan.families`, the FFN
+wrapper, the layer finder, the freeze policies)
 as flat files `kallm_<package>_<module>.py`, each kallm's source with only its `from kallm.x import`
 lines pointed at the folder: one implementation, shipped, not a second one written for export.
 """

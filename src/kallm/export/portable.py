@@ -12,10 +12,15 @@ The base class builds the model from its config; the mixin then replaces the FFN
 config's `kallm` section with the modules kallm built (same classes, same parameter names), and
 `from_pretrained` loads the weights into them. This module may import only kallm *modules* (not
 packages) that import nothing but torch, transformers and the standard library.
+
+Each entry of the config's `kallm.replacements` names its rebuilder in `REBUILDERS`; a variant kind
+(kallm.retrofitting.kinds) writes those entries (`VariantKind.describe`), and a kind whose modules no
+rebuilder here can make is refused by `kallm export` (docs/extending.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -24,11 +29,8 @@ from kallm.errors import KallmError
 from kallm.kan.build import build_kan
 
 # In kallm the basis families register themselves when `kallm.kan` (the package) is imported; the
-# shipped copy has no package, so import one class of each family module here.
-from kallm.kan.fourier import Fourier  # noqa: F401
-from kallm.kan.polynomials import Chebyshev2  # noqa: F401
-from kallm.kan.rational import Rational  # noqa: F401
-from kallm.kan.splines import BSpline  # noqa: F401
+# shipped copy has no package, so it imports the one list of family modules itself.
+from kallm.kan.families import FAMILY_MODULES  # noqa: F401
 from kallm.retrofitting.arch import find_decoder_layers
 from kallm.retrofitting.ffn import RetrofitFFN, set_projection_shapes
 from kallm.retrofitting.freeze import FREEZE_POLICIES
@@ -38,18 +40,34 @@ EXPORT_FORMAT = "kallm-export"
 EXPORT_FORMAT_VERSION = 1
 
 
+def _identity(layer: nn.Module, entry: dict[str, Any]) -> nn.Module:
+    """A split FFN's activation and second linear, bypassed by a KAN on the first."""
+    return nn.Identity()
+
+
+def _kan(layer: nn.Module, entry: dict[str, Any]) -> nn.Module:
+    return RetrofitFFN(build_kan(entry["kan"], entry["in_features"], entry["out_features"]), "kan")
+
+
+def _linear(layer: nn.Module, entry: dict[str, Any]) -> nn.Module:
+    """The layer's own module, its projections resized to the recorded widths."""
+    shapes = {name: (int(shape[0]), int(shape[1])) for name, shape in entry["projections"].items()}
+    return RetrofitFFN(set_projection_shapes(getattr(layer, entry["attr"]), shapes), "linear")
+
+
+# entry["kind"] -> the module that goes in place of `layer.<entry['attr']>`
+REBUILDERS: dict[str, Callable[[nn.Module, dict[str, Any]], nn.Module]] = {
+    "identity": _identity, "kan": _kan, "linear": _linear,
+}
+
+
 def _build_replacement(layer: nn.Module, entry: dict[str, Any]) -> nn.Module:
     """The module that goes in place of `layer.<entry['attr']>`."""
-    kind = entry.get("kind")
-    if kind == "identity":  # a split FFN's activation and second linear, bypassed by a KAN on the first
-        return nn.Identity()
-    if kind == "kan":
-        return RetrofitFFN(build_kan(entry["kan"], entry["in_features"], entry["out_features"]), "kan")
-    if kind == "linear":  # the layer's own module, its projections resized to the recorded widths
-        shapes = {name: (int(shape[0]), int(shape[1])) for name, shape in entry["projections"].items()}
-        return RetrofitFFN(set_projection_shapes(getattr(layer, entry["attr"]), shapes), "linear")
-    raise KallmError(f"unknown replacement kind {kind!r} in the config's {CONFIG_KEY!r} section; "
-                     "valid: kan, linear, identity")
+    rebuild = REBUILDERS.get(entry.get("kind"))
+    if rebuild is None:
+        raise KallmError(f"unknown replacement kind {entry.get('kind')!r} in the config's {CONFIG_KEY!r} section; "
+                         f"valid: {', '.join(REBUILDERS)}")
+    return rebuild(layer, entry)
 
 
 def check_export_info(info: Any) -> dict[str, Any]:

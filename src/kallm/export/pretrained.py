@@ -13,7 +13,6 @@ transformers' remote-code path and compared with the source model before it repl
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import sys
@@ -27,14 +26,14 @@ from kallm import __version__
 from kallm.errors import KallmError
 from kallm.export.bundle import CONFIG_FILE, MODELING_FILE, class_names, write_code
 from kallm.export.model_card import known_results, model_card
-from kallm.export.portable import CONFIG_KEY, EXPORT_FORMAT, EXPORT_FORMAT_VERSION
+from kallm.export.portable import CONFIG_KEY, EXPORT_FORMAT, EXPORT_FORMAT_VERSION, REBUILDERS
 from kallm.io import read_json, replace_dir_atomic, write_json_atomic, write_text_atomic
-from kallm.kan import SequentialKAN, SequentialSpec
 from kallm.models.loading import loaded_from
 from kallm.retrofitting.arch import find_decoder_layers, find_ffn
-from kallm.retrofitting.ffn import RetrofitFFN, named_projections
+from kallm.retrofitting.ffn import RetrofitFFN
 from kallm.retrofitting.saving import MANIFEST, load_retrofit, read_manifest
 from kallm.retrofitting.surgery_report import RetrofitReport, retrofit_report
+from kallm.retrofitting.variant import VARIANT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +51,19 @@ def retrofit_folder(path: str | Path) -> Path:
     return folder
 
 
-def _kan_text(spec: SequentialSpec | Any, inner: nn.Module) -> str:
-    """The KAN spec with every width explicit (a budget-sized stack records the width it got)."""
-    if isinstance(inner, SequentialKAN) and isinstance(spec, SequentialSpec):
-        widths = inner.hidden_features
-        spec = dataclasses.replace(spec, hidden=(widths[0],) if len(set(widths)) == 1 else tuple(widths))
-    return str(spec)
-
-
 def _describe_module(name: str, module: nn.Module, report: RetrofitReport) -> dict[str, Any] | None:
+    """The config entry that rebuilds `module` (None: a module the retrofit left as it was)."""
     if isinstance(module, nn.Identity):
-        return {"attr": name, "kind": "identity"}
-    if not isinstance(module, RetrofitFFN):
+        entry: dict[str, Any] = {"attr": name, "kind": "identity"}
+    elif isinstance(module, RetrofitFFN):
+        entry = VARIANT_KINDS.get(report.variant.kind).describe(name, module, report.variant)
+    else:
         return None
-    inner = module.kallm_ffn
-    if module.kind == "kan":
-        return {"attr": name, "kind": "kan", "kan": _kan_text(report.variant.kan, inner),
-                "in_features": inner.in_features, "out_features": inner.out_features}
-    return {"attr": name, "kind": "linear",
-            "projections": {path: list(shape) for path, shape in named_projections(inner).items()}}
+    if entry.get("kind") not in REBUILDERS:  # the shipped model code could not build it
+        raise KallmError(f"variant kind {report.variant.kind!r} cannot be exported without kallm: its entry names "
+                         f"rebuilder {entry.get('kind')!r}, and the exported model code has only "
+                         f"{', '.join(REBUILDERS)} (kallm/export/portable.py)")
+    return entry
 
 
 def describe_retrofit(model: nn.Module, base_model: str) -> dict[str, Any]:

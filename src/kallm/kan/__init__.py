@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-# The basis families register themselves in BASES when imported; importing them here (and not from
-# bases.py, which they import) makes every family available as soon as `kallm.kan` is.
-from kallm.kan import fourier, polynomials, rational, splines  # noqa: F401
+# The basis families register themselves in BASES when imported; importing their one list here (and
+# not from bases.py, which they import) makes every family available as soon as `kallm.kan` is.
 from kallm.kan.bases import Basis, get_basis, list_bases, register_basis
 from kallm.kan.build import build_kan, kan_num_params
+from kallm.kan.families import FAMILY_MODULES  # noqa: F401
 from kallm.kan.layer import KANLinear
 from kallm.kan.mixing import ParallelKAN, SequentialKAN
 from kallm.kan.spec import BasisSpec, KANSpec, ParallelSpec, SequentialSpec, parse_kan_spec

@@ -12,8 +12,8 @@ domain first, with the family's `default_input_map` (see `kallm.kan.elementwise`
 | bernstein | [0, 1] | `sigmoid` |
 | fourier, bspline, rbf, rational | [-1, 1] (grid range for bspline/rbf) | `tanh` |
 
-Adding a family is one class decorated with `@register_basis("name")` in a module that `kallm/kan/__init__.py`
-imports (the families register themselves on import).
+Adding a family is one class decorated with `@register_basis("name")` in a module listed in
+`kallm/kan/families.py` (the families register themselves on import; docs/extending.md).
 Internally the layer asks for `terms(t)` laid out as `(..., n_basis, C)` (basis index before the
 channel index), which lets recurrences write contiguous slabs straight into the layer's matmul buffer.
 """

@@ -4,6 +4,7 @@ A parameter-matched control is the model's own MLP class with a narrower interme
 projection *from* the hidden size d to the intermediate width (gate/up, or a fused gate_up of twice
 the width) and every projection *back* to d is resized, so the architecture stays the same and only
 the width changes. Counts are exact and closed-form; `kallm inspect` and dry runs show them.
+Each variant kind's `size` (kallm.retrofitting.kinds) picks the function here that sizes it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,15 @@ from torch import nn
 
 from kallm.errors import KallmError
 from kallm.kan import kan_num_params
+from kallm.retrofitting.arch import FFNSite
 from kallm.retrofitting.ffn import named_projections, projection_shape, set_projection_shapes
+from kallm.retrofitting.surgery_report import module_params
 from kallm.retrofitting.variant import VariantSpec
+
+
+def ffn_param_count(site: FFNSite) -> int:
+    """The parameters of the FFN at `site` (a split FFN's parts included): what a budget of 'match' means."""
+    return sum(module_params(m) for m in (site.module, *(getattr(site.layer, n) for n in site.bypass)))
 
 
 def _new_shape(shape: tuple[int, int], d: int, inter: int, width: int) -> tuple[int, int]:

@@ -2,28 +2,25 @@
 
     report = retrofit(model, layers="last:5", variant="kan:chebyshev2:2", freeze="ffn", seed=0)
 
+What goes in is built by the variant's kind (`VariantKind.build`, kallm.retrofitting.kinds).
 New modules are wrapped in `RetrofitFFN`, whose single child is called `kallm_ffn`: every new
 parameter's name contains `.kallm_ffn.`, so "what is new" is one filter (`is_new_param`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from kallm.errors import KallmError
-from kallm.kan import build_kan
-from kallm.registry import Registry
-from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn, model_dims
+from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn
 from kallm.retrofitting.displaced import keep_originals
 from kallm.retrofitting.ffn import RetrofitFFN
 from kallm.retrofitting.freeze import FREEZE_POLICIES, first_trainable_layer
 from kallm.retrofitting.layers import parse_layer_spec
-from kallm.retrofitting.sizing import kan_hidden_width, linear_width, resize_mlp
+from kallm.retrofitting.sizing import ffn_param_count
 from kallm.retrofitting.surgery_report import (
     LayerReport,
     RetrofitReport,
@@ -33,7 +30,7 @@ from kallm.retrofitting.surgery_report import (
     module_params,
     retrofit_report,
 )
-from kallm.retrofitting.variant import VariantSpec, as_variant
+from kallm.retrofitting.variant import VARIANT_KINDS, VariantSpec, as_variant
 
 log = logging.getLogger(__name__)
 
@@ -49,65 +46,6 @@ def replacement_modules(layer: nn.Module) -> list[RetrofitFFN]:
     return [m for m in layer.children() if isinstance(m, RetrofitFFN)]
 
 
-# ---------------------------------------------------------------- replacement builders
-
-def _reinit_like_model(model: nn.Module, module: nn.Module) -> None:
-    """Re-initialise `module` with the model's own `_init_weights` (what from-scratch training would use)."""
-    init = getattr(model, "_init_weights", None)
-    if init is None:
-        raise KallmError(f"{type(model).__name__} has no _init_weights; cannot initialise a linear restart")
-    for sub in module.modules():
-        for p in sub.parameters(recurse=False):
-            # transformers skips modules it marks as already initialised
-            if hasattr(p, "_is_hf_initialized"):
-                p._is_hf_initialized = False
-        if hasattr(sub, "_is_hf_initialized"):
-            sub._is_hf_initialized = False
-        init(sub)
-
-
-def _site_modules(site: FFNSite) -> list[nn.Module]:
-    return [site.module] + [getattr(site.layer, name) for name in site.bypass]
-
-
-def ffn_param_count(site: FFNSite) -> int:
-    return sum(module_params(m) for m in _site_modules(site))
-
-
-Replacement = list[tuple[str, nn.Module]]
-
-
-def _build_linear(model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
-    """Fresh copies of the FFN's own modules, narrowed to the spec's width when it has one."""
-    d, inter = model_dims(model)
-    names = [site.attr, *(n for n in site.bypass if module_params(getattr(site.layer, n)) > 0)]
-    width = linear_width(spec, [getattr(site.layer, n) for n in names], d, inter)
-    replacements = []
-    for name in names:
-        fresh = copy.deepcopy(getattr(site.layer, name))
-        if width is not None:
-            fresh = resize_mlp(fresh, d, inter, width)
-        _reinit_like_model(model, fresh)
-        replacements.append((name, RetrofitFFN(fresh, "linear")))
-    return replacements, width
-
-
-def _build_kan(model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
-    d, _ = model_dims(model)
-    hidden = kan_hidden_width(spec, d, ffn_param_count(site))
-    inner = build_kan(spec.kan, d, d, hidden_features=hidden)
-    widths = getattr(inner, "hidden_features", None)  # stacked KANs only
-    replacements: Replacement = [(site.attr, RetrofitFFN(inner, "kan"))]
-    replacements += [(name, nn.Identity()) for name in site.bypass]
-    return replacements, widths[0] if widths else None
-
-
-VariantBuilder = Callable[[nn.Module, FFNSite, VariantSpec], tuple[Replacement, "int | None"]]
-VARIANT_BUILDERS: Registry[VariantBuilder] = Registry("variant")
-VARIANT_BUILDERS.add("linear", _build_linear)
-VARIANT_BUILDERS.add("kan", _build_kan)
-
-
 # ---------------------------------------------------------------- entry point
 
 def _replace_layer(model: nn.Module, site: FFNSite, spec: VariantSpec, seed: int, new_modules: list[nn.Module],
@@ -116,13 +54,16 @@ def _replace_layer(model: nn.Module, site: FFNSite, spec: VariantSpec, seed: int
     if not spec.trained:
         return LayerReport(site.layer_index, old_kind, old_kind, old_params, old_params, 0, 0), None
     torch.manual_seed(seed * 100_003 + site.layer_index)  # distinct, reproducible per layer
-    replacements, width = VARIANT_BUILDERS.get(spec.kind)(model, site, spec)
+    replacements, width = VARIANT_KINDS.get(spec.kind).build(model, site, spec)
     ref = next(model.parameters())
     for name, module in replacements:
         module.to(device=ref.device, dtype=ref.dtype)
         displaced.append((module, getattr(site.layer, name)))
         setattr(site.layer, name, module)
     built = [m for _, m in replacements if isinstance(m, RetrofitFFN)]
+    if not built:
+        raise KallmError(f"variant kind {spec.kind!r} put no RetrofitFFN into layer {site.layer_index}: its build "
+                         "must wrap each new FFN in kallm.retrofitting.ffn.RetrofitFFN")
     new_modules += built
     new_params = sum(module_params(m) for m in built)
     return LayerReport(site.layer_index, old_kind, type(built[0].kallm_ffn).__name__, old_params, new_params,

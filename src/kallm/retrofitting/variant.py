@@ -13,21 +13,27 @@
 Budget: `match` (the replaced FFN's parameter count), a ratio of it (a number with a '.'), or an absolute
 count per layer (an integer). Text is parsed here once (CLI flags, config values, manifests); everything
 downstream passes the `VariantSpec`, and `str(spec)` gives the canonical text back.
+
+The text before ':' names a kind registered in `VARIANT_KINDS` (a `VariantKind`: kallm's own are in
+`kallm.retrofitting.kinds`); the kind reads the text after ':', builds the modules, sizes them for a
+budget and describes them for an export (docs/extending.md: how to add one).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
+
+from torch import nn
 
 from kallm.errors import KallmError
-from kallm.kan import KANSpec, SequentialSpec, parse_kan_spec
-from kallm.registry import unknown_name_message
+from kallm.kan import KANSpec
+from kallm.registry import Registry, unknown_name_message
+from kallm.retrofitting.arch import FFNSite
 
-VariantKind = Literal["baseline", "linear", "kan"]
-VARIANT_KINDS: tuple[str, ...] = get_args(VariantKind)
 BudgetKind = Literal["match", "ratio", "count"]
 _OPTIONS = ("budget", "hidden")
 
@@ -83,50 +89,114 @@ class Budget:
         return repr(float(self.value)) if self.kind == "ratio" else str(int(self.value))
 
 
+class VariantKind:
+    """One kind of replacement FFN: its grammar, its modules, their size, and how an export rebuilds them.
+
+    A kind is an instance registered in `VARIANT_KINDS` under its `name` (the text before ':' in a
+    variant); kallm's own (baseline, linear, kan) are in `kallm.retrofitting.kinds`, and docs/extending.md
+    shows how to add one. Surgery, sizing and export ask the kind; nothing else branches on its name.
+    """
+
+    name: str = ""
+    trained: bool = True  # False: the untouched model, nothing to build
+    options: tuple[str, ...] = ()  # which of budget=, hidden= the kind accepts
+
+    def parse_arg(self, body: str, text: str) -> str | None:
+        """The canonical form of `body`, the text after '<name>:' ('' without one); None: no argument.
+
+        The result is `VariantSpec.arg`, printed back by `text`: parsing it again must give it unchanged.
+        """
+        if body:
+            raise KallmError(f"variant {self.name!r} takes no spec after ':', got {text!r}")
+        return None
+
+    def parse(self, body: str, text: str, budget: Budget | None, hidden: int | None) -> VariantSpec:
+        """The spec for `<name>[:body]@options`; `text` is the whole variant (for messages)."""
+        return VariantSpec(self.name, arg=self.parse_arg(body, text), budget=budget, hidden=hidden)
+
+    def check(self, spec: VariantSpec) -> None:
+        """Kind-specific validation of a spec (run when a `VariantSpec` is constructed)."""
+        if spec.kan is not None:
+            raise KallmError(f"variant {self.name!r} takes no KAN spec; only 'kan:<spec>' does")
+        for option in _OPTIONS:
+            if getattr(spec, option) is not None and option not in self.options:
+                valid = f"; it takes {', '.join(o + '=' for o in self.options)}" if self.options else ""
+                raise KallmError(f"variant {self.name!r} takes no {option}= option{valid}")
+        if spec.arg is not None:
+            canonical = self.parse_arg(spec.arg, f"{self.name}:{spec.arg}") if isinstance(spec.arg, str) else None
+            if canonical != spec.arg:
+                raise KallmError(f"variant {self.name!r}: argument {spec.arg!r} is not in its canonical form "
+                                 f"{canonical!r}")
+
+    def text(self, spec: VariantSpec) -> str:
+        """The canonical text of `spec` before its options."""
+        return self.name if spec.arg is None else f"{self.name}:{spec.arg}"
+
+    def size(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int | None:
+        """The hidden width the replacement of `site` gets (meeting `spec.budget`); None: no width to choose."""
+        return None
+
+    def build(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
+        """[(layer attribute, new module)] for one FFN site, and the hidden width used (for the report).
+
+        New FFNs are wrapped in `RetrofitFFN` (kallm.retrofitting.ffn), whose parameters are "what is new".
+        """
+        raise KallmError(f"variant kind {self.name!r} builds no modules")
+
+    def describe(self, attr: str, module: nn.Module, spec: VariantSpec) -> dict[str, Any]:
+        """The config.json entry an export's model code rebuilds `module` from, without kallm.
+
+        Its "kind" names a rebuilder of `kallm.export.portable.REBUILDERS` (the code an export ships).
+        """
+        raise KallmError(f"variant kind {self.name!r} cannot be exported without kallm: its modules have no "
+                         "rebuilder in the exported model code (kallm/export/portable.py REBUILDERS; see "
+                         "docs/extending.md)")
+
+
+Replacement = list[tuple[str, nn.Module]]
+VARIANT_KINDS: Registry[VariantKind] = Registry("variant")
+_KIND_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+
+def register_variant_kind(kind: VariantKind) -> VariantKind:
+    """Make `kind` a variant (`<kind.name>[:spec][@options]`); returns it. Names are lower-case identifiers."""
+    if not isinstance(kind, VariantKind) or not _KIND_NAME.match(kind.name):
+        raise KallmError(f"a variant kind must be a VariantKind instance with a lower-case name, got {kind!r}")
+    VARIANT_KINDS.add(kind.name, kind)
+    return kind
+
+
 @dataclass(frozen=True)
 class VariantSpec:
-    """A replacement FFN: its kind, the KAN spec (kan), and its size (budget, or linear's hidden width)."""
+    """A replacement FFN: its registered kind, the KAN spec (kan), another kind's own argument text (arg),
+    and its size (budget, or a hidden width)."""
 
-    kind: VariantKind
+    kind: str
     kan: KANSpec | None = None
     budget: Budget | None = None
     hidden: int | None = None  # linear: the intermediate size of the fresh MLP
+    arg: str | None = None  # the canonical spec text after '<kind>:' of a kind other than kan
 
     def __post_init__(self) -> None:
-        if self.kind not in VARIANT_KINDS:
-            raise KallmError(unknown_name_message("variant", str(self.kind), list(VARIANT_KINDS)))
-        if (self.kind == "kan") != (self.kan is not None):
-            raise KallmError("variant 'kan' needs a KAN spec (e.g. 'kan:chebyshev2:2'); other kinds take none")
+        kind = VARIANT_KINDS.get(self.kind) if isinstance(self.kind, str) else None
+        if kind is None:
+            raise KallmError(f"a variant kind is a name, got {self.kind!r}")
         if self.budget is not None and self.hidden is not None:
             raise KallmError("give either budget= or hidden=, not both")
-        if self.kind == "baseline" and (self.budget is not None or self.hidden is not None):
-            raise KallmError("the baseline is the untouched model: it takes no budget or hidden width")
         if self.hidden is not None and (isinstance(self.hidden, bool) or not isinstance(self.hidden, int)
                                         or self.hidden < 1):
             raise KallmError(f"hidden width must be a positive integer, got {self.hidden!r}")
-        if self.kind == "kan":
-            self._check_kan_size()
-
-    def _check_kan_size(self) -> None:
-        if self.hidden is not None:
-            raise KallmError("a KAN's hidden width belongs in its spec: 'kan:sequential(...;hidden=N)'")
-        if self.budget is None:
-            return
-        if not isinstance(self.kan, SequentialSpec) or len(self.kan.layers) < 2:
-            raise KallmError(f"budget= needs a multi-layer KAN with a hidden width to size, e.g. "
-                             f"'kan:sequential(chebyshev2:2,chebyshev2:2)@budget=match'; got 'kan:{self.kan}'")
-        if self.kan.hidden is not None:
-            raise KallmError(f"'kan:{self.kan}' fixes its hidden width; drop hidden= or budget=")
+        kind.check(self)
 
     @property
     def trained(self) -> bool:
-        return self.kind != "baseline"
+        return VARIANT_KINDS.get(self.kind).trained
 
     def with_budget(self, budget: Budget | None) -> VariantSpec:
         return dataclasses.replace(self, budget=budget)
 
     def __str__(self) -> str:
-        text = self.kind if self.kan is None else f"kan:{self.kan}"
+        text = VARIANT_KINDS.get(self.kind).text(self)
         if self.budget is not None:
             text += f"@budget={self.budget}"
         if self.hidden is not None:
@@ -160,29 +230,14 @@ def _hidden_width(value: str, text: str) -> int:
 def parse_variant(text: str) -> VariantSpec:
     """Parse variant text (see the module docstring); errors name the offending part."""
     if not isinstance(text, str) or not text.strip():
-        raise KallmError(f"empty variant; valid kinds: {', '.join(VARIANT_KINDS)} (e.g. 'kan:chebyshev2:2')")
+        raise KallmError(f"empty variant; valid kinds: {', '.join(VARIANT_KINDS.names())} (e.g. 'kan:chebyshev2:2')")
     body, *raw_options = (part.strip() for part in text.strip().split("@"))
-    kind, _, kan_text = (part.strip() for part in body.partition(":"))
-    if kind not in VARIANT_KINDS:
-        raise KallmError(unknown_name_message("variant", kind, list(VARIANT_KINDS)))
+    name, _, spec_text = (part.strip() for part in body.partition(":"))
+    kind = VARIANT_KINDS.get(name)
     options = _read_options(raw_options, text)
     budget = Budget.parse(options["budget"]) if "budget" in options else None
     hidden = _hidden_width(options["hidden"], text) if "hidden" in options else None
-    if kind != "kan":
-        if kan_text:
-            raise KallmError(f"variant {kind!r} takes no spec after ':', got {text!r}")
-        return VariantSpec(kind, budget=budget, hidden=hidden)  # type: ignore[arg-type]
-    if not kan_text:
-        raise KallmError("variant 'kan' needs a KAN spec after 'kan:', e.g. 'kan:chebyshev2:2'")
-    kan = parse_kan_spec(kan_text)
-    if hidden is not None:  # canonical form: the width lives in the spec
-        if not isinstance(kan, SequentialSpec) or len(kan.layers) < 2:
-            raise KallmError(f"hidden= needs a multi-layer KAN ('kan:sequential(...)'); 'kan:{kan}' has no "
-                             "hidden width")
-        if kan.hidden is not None:
-            raise KallmError(f"hidden width given twice in {text!r}")
-        kan = dataclasses.replace(kan, hidden=(hidden,))
-    return VariantSpec("kan", kan=kan, budget=budget)
+    return kind.parse(spec_text, text, budget, hidden)
 
 
 def as_variant(value: str | VariantSpec) -> VariantSpec:
