@@ -37,6 +37,12 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T) -> None:
         self.register(name)(obj)
 
+    def unregister(self, name: str) -> T:
+        """Remove an entry and return it (tests and plugins that register something for a while)."""
+        obj = self.get(name)
+        del self._entries[name]
+        return obj
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]
