@@ -37,11 +37,11 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T) -> None:
         self.register(name)(obj)
 
-    def remove(self, name: str) -> T:
-        """Unregister `name` (an entry a test or a plugin added for a while); returns its object."""
-        if name not in self._entries:
-            raise KallmError(unknown_name_message(self.kind, name, list(self._entries)))
-        return self._entries.pop(name)
+    def unregister(self, name: str) -> T:
+        """Remove an entry and return it (tests and plugins that register something for a while)."""
+        obj = self.get(name)
+        del self._entries[name]
+        return obj
 
     def get(self, name: str) -> T:
         try:

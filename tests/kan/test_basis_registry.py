@@ -43,7 +43,7 @@ def toy():
     try:
         yield Monomials
     finally:
-        BASES.remove("toy")
+        BASES.unregister("toy")
 
 
 def test_a_registered_basis_builds_a_kan_layer_with_its_values(toy):

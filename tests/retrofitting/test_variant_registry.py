@@ -62,7 +62,7 @@ def registered(kind: VariantKind) -> Iterator[VariantKind]:
     try:
         yield kind
     finally:
-        VARIANT_KINDS.remove(kind.name)
+        VARIANT_KINDS.unregister(kind.name)
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from kallm.training import train_model
 from kallm.training.checkpoint import latest_checkpoint
 from kallm.training.config import TrainConfig
 from kallm.training.kd import DistillTerms, linear_distill_loss
-from kallm.training.objective import LossSpec, ObjectiveLoss, kd_row_mask
+from kallm.training.loss_terms import kd_row_mask
+from kallm.training.objective import LossSpec, ObjectiveLoss
 from tests.tiny_models import make_tiny_model
 from tests.training_helpers import Interrupt, StopAt, step_losses, write_chat_sample
 

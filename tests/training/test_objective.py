@@ -9,7 +9,8 @@ from kallm.config.mapping import FieldError
 from kallm.data.tokenize import TokenizedExample
 from kallm.errors import ConfigError, KallmError
 from kallm.training.config import TrainConfig
-from kallm.training.objective import LossSpec, hidden_matching_sum, kd_row_mask, term_counts, term_means
+from kallm.training.loss_terms import hidden_matching_sum, kd_row_mask
+from kallm.training.objective import LossSpec, term_counts, term_means
 
 
 @pytest.mark.parametrize("text,terms,canonical", [

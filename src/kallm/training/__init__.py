@@ -6,6 +6,9 @@
 | `examples` | tokenised, split training/validation examples |
 | `prefix` | the frozen prefix: hidden states below the first trainable layer, run without autograd or cached |
 | `loss` | next-token loss at labelled positions only, chunked over the vocabulary |
+| `kd` | distillation (CE + KL against the original model's distribution), chunked over the vocabulary |
+| `loss_terms` | the terms `train.loss` can name (ce, kd, hidden), one `LossTerm` class each, in `LOSS_TERMS` |
+| `objective` | `LossSpec` (`train.loss` parsed against `LOSS_TERMS`) and `ObjectiveLoss`, which runs its terms |
 | `optim` | AdamW groups and the learning-rate schedule (a pure function of the step) |
 | `checkpoint` | atomic checkpoints and resume |
 | `state` | the run folder's files, `TrainState`, metrics.jsonl |

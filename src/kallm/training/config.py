@@ -11,7 +11,8 @@ from kallm.config.mapping import FieldError
 from kallm.data.loading import ON_BAD_ROW
 from kallm.errors import KallmError
 from kallm.runtime.precision import precision_problem
-from kallm.training.objective import KD_POSITIONS, KDPositions, LossSpec, as_loss_spec
+from kallm.training.loss_terms import KD_POSITIONS, KDPositions
+from kallm.training.objective import LossSpec, as_loss_spec
 from kallm.training.tracking import tracker_names
 
 

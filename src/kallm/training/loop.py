@@ -211,7 +211,7 @@ class TrainLoop:
         scales = self.objective.scales(global_examples)  # each term's weight / its global count
         t0 = time.perf_counter()
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
-        parts_acc = torch.zeros(3, dtype=torch.float64, device=self.device)
+        parts_acc = torch.zeros(len(config.loss.logged), dtype=torch.float64, device=self.device)
         tokens = 0
         for a, mb in enumerate(micro):
             sync = acc.no_sync(self.wrapped) if a < ga - 1 and self.world > 1 else nullcontext()

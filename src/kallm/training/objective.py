@@ -1,15 +1,10 @@
 """What a training run minimises: `train.loss`, a weighted sum of named terms, and the module that computes it.
 
-    ce       next-token cross-entropy on labelled (assistant) tokens
-    kd       KL from the original model's next-token distribution to the student's, full vocabulary,
-             at assistant positions or at every position (`kd_positions`), temperature `kd_temperature`
-    hidden   relative squared error of every trainable decoder layer's output against the original
-             model's, at every position (cheap: no LM head)
-
-`loss: ce+kd`, `0.5*ce+kd`, `kd+0.1*hidden`. Each term is a mean over its own positions in the global
+`loss: ce+kd`, `0.5*ce+kd`, `kd+0.1*hidden`: the names are those of `kallm.training.loss_terms.LOSS_TERMS`
+(ce, kd, hidden, and any term registered there). Each term is a mean over its own positions in the global
 batch (labelled tokens for ce, KD positions for kd, tokens for hidden), so weights mean the same thing
-whatever the batch looks like. kd and hidden need the teacher (`kallm.distill.teacher`), which the
-training loop builds itself from the model.
+whatever the batch looks like. Terms that need the teacher (`kallm.distill.teacher`) get it from the
+training loop, which builds it from the model when the spec asks for one.
 """
 
 from __future__ import annotations
@@ -17,28 +12,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 from torch import nn
 
-from kallm.data.tokenize import IGNORE_INDEX, TokenizedExample
+from kallm.data.tokenize import TokenizedExample
 from kallm.distill.teacher import teacher_hidden_states
 from kallm.errors import KallmError
 from kallm.models.prefix import tail_hidden_states
-from kallm.registry import Registry
 from kallm.retrofitting.arch import find_decoder_layers
-from kallm.training.kd import DistillTerms, linear_distill_loss
-from kallm.training.loss import check_lm_head, linear_cross_entropy_sum
-
-KDPositions = Literal["assistant", "all"]
-KD_POSITIONS: tuple[str, ...] = get_args(KDPositions)
-
-# name -> what its mean is taken over (for the docs and the error message)
-LOSS_TERMS: Registry[str] = Registry("loss term")
-LOSS_TERMS.add("ce", "labelled tokens")
-LOSS_TERMS.add("kd", "KD positions")
-LOSS_TERMS.add("hidden", "tokens")
+from kallm.training.loss_terms import LOSS_TERMS, KDPositions, LossTerm, TermBatch, TermSettings
 
 _TERM_RE = re.compile(r"^(?:(?P<weight>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\*)?(?P<name>[a-z]+)$")
 
@@ -77,48 +60,48 @@ class LossSpec:
     def weight(self, name: str) -> float:
         return dict(self.terms).get(name, 0.0)
 
+    def term_objects(self) -> list[LossTerm]:
+        """The spec's terms, in registry order."""
+        return [LOSS_TERMS.get(name) for name in LOSS_TERMS if self.weight(name)]
+
+    def computed(self) -> list[LossTerm]:
+        """The terms that run: each one, less those another term of the spec computes in its own pass."""
+        terms = self.term_objects()
+        fused = {name for term in terms for name in term.fuses}
+        return [term for term in terms if term.name not in fused]
+
+    @property
+    def logged(self) -> tuple[str, ...]:
+        """The metrics a step logs (registry order): what the terms' sums are, and the slots of `parts`."""
+        names = {name for term in self.term_objects() for name in term.logs}
+        return tuple(name for name in LOSS_TERMS if name in names)
+
     @property
     def needs_teacher(self) -> bool:
-        return bool(self.weight("kd") or self.weight("hidden"))
+        return any(term.needs_teacher for term in self.term_objects())
 
 
 def as_loss_spec(value: LossSpec | str) -> LossSpec:
     return value if isinstance(value, LossSpec) else LossSpec.from_text(value)
 
 
-def kd_row_mask(attention_mask: torch.Tensor, labels: torch.Tensor, positions: KDPositions) -> torch.Tensor:
-    """(batch, seq - 1) positions that predict a next token in the loss: labelled ones, or every real one."""
-    if positions == "assistant":
-        return labels[:, 1:] != IGNORE_INDEX
-    return attention_mask[:, 1:].bool()
-
-
 def term_counts(examples: Sequence[TokenizedExample], positions: KDPositions) -> dict[str, int]:
-    """How many positions each term averages over in a batch of examples (the global normalisers)."""
-    labelled = sum(e.num_labels for e in examples)
-    predicting = sum(len(e) - 1 for e in examples)
-    return {"ce": labelled, "kd": labelled if positions == "assistant" else predicting,
-            "hidden": sum(len(e) for e in examples)}
+    """How many positions each registered term averages over in a batch of examples (the global normalisers)."""
+    settings = TermSettings(kd_positions=positions)
+    return {name: LOSS_TERMS.get(name).count(examples, settings) for name in LOSS_TERMS}
 
 
 def term_means(parts: torch.Tensor, examples: Sequence[TokenizedExample], config) -> dict[str, float]:
     """Per-term means of a step for its metrics record ({} for plain CE, whose mean is the loss itself).
 
-    `parts` are the [CE, KL, hidden] sums over the global batch; `config` a TrainConfig. The CE mean is
-    reported whenever it was computed (KD computes it at no extra cost): it is what held-out NLL measures.
+    `parts` are the sums of `config.loss.logged` over the global batch; `config` a TrainConfig. Terms log
+    what their pass computes beyond what they train on (KD: the CE sum, what held-out NLL measures).
     """
     spec = config.loss
-    if str(spec) == "ce":
+    if spec == LossSpec():
         return {}
     counts = term_counts(examples, config.kd_positions)
-    means = {}
-    if spec.weight("ce") or spec.weight("kd"):
-        means["ce"] = float(parts[0]) / max(counts["ce"], 1)
-    if spec.weight("kd"):
-        means["kd"] = float(parts[1]) / max(counts["kd"], 1)
-    if spec.weight("hidden"):
-        means["hidden"] = float(parts[2]) / max(counts["hidden"], 1)
-    return means
+    return {name: float(parts[i]) / max(counts[name], 1) for i, name in enumerate(spec.logged)}
 
 
 class _LayerOutputs:
@@ -138,23 +121,8 @@ class _LayerOutputs:
         return self.outputs
 
 
-def hidden_matching_sum(student: list[torch.Tensor], teacher: list[torch.Tensor],
-                        mask: torch.Tensor) -> torch.Tensor:
-    """Sum over real positions of the layer-mean relative squared error |s - t|^2 / |t|^2.
-
-    Relative per position, because a few positions (the first token) carry residual norms ~100x the
-    rest and would otherwise be all the loss is about.
-    """
-    keep = mask.bool()
-    total = student[0].new_zeros((), dtype=torch.float32)
-    for s, t in zip(student, teacher, strict=True):
-        s, t = s[keep].float(), t[keep].float()
-        total = total + ((s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-6)).sum()
-    return total / len(student)
-
-
 class ObjectiveLoss(nn.Module):
-    """The training loss of one local batch: `(scaled loss, [ce sum, kl sum, hidden sum])`.
+    """The training loss of one local batch: `(scaled loss, sums of spec.logged)` (float64 sums).
 
     `scales` gives each term's weight divided by its global count, so the losses of all micro-batches
     and processes add up to the objective. The teacher is held outside the module tree, so DDP wraps
@@ -168,43 +136,40 @@ class ObjectiveLoss(nn.Module):
             raise KallmError(f"train.loss '{spec}' needs the original model as a teacher, and none was built")
         self.model = model
         self._teacher = (teacher,)  # a tuple keeps it out of the module tree
-        self.layer_index, self.spec, self.positions = layer_index, spec, kd_positions
-        self.temperature, self.chunk_size = temperature, chunk_size
+        self.layer_index, self.spec = layer_index, spec
+        self.settings = TermSettings(kd_positions, temperature, chunk_size)
+        self.terms = spec.computed()
+        self.slots = {name: i for i, name in enumerate(spec.logged)}
 
     def scales(self, examples: Sequence[TokenizedExample]) -> dict[str, float]:
-        counts = term_counts(examples, self.positions)
+        counts = {name: LOSS_TERMS.get(name).count(examples, self.settings) for name, _ in self.spec.terms}
         return {name: weight / max(counts[name], 1) for name, weight in self.spec.terms}
+
+    def _forward_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                      prefix_states: torch.Tensor | None) -> TermBatch:
+        """The student's (and where needed the teacher's) pass, with layer outputs where a term needs them."""
+        k, teacher = self.layer_index, self._teacher[0]
+        hooks = [_LayerOutputs(self.model, k)] if any(t.needs_layer_outputs for t in self.terms) else []
+        t_hidden = None
+        try:
+            hidden = tail_hidden_states(self.model, input_ids, attention_mask, k, prefix_states)
+            if self.spec.needs_teacher:
+                hooks.append(_LayerOutputs(teacher, k) if hooks else None)
+                t_hidden = teacher_hidden_states(teacher, input_ids, attention_mask, k, prefix_states)
+        finally:
+            layer_outputs = [h.close() for h in hooks if h is not None]
+        layer_outputs += [None] * (2 - len(layer_outputs))
+        return TermBatch(self.model, teacher, input_ids, attention_mask, labels, hidden, t_hidden, *layer_outputs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 prefix_states: torch.Tensor | None = None, *,
                 scales: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        k = self.layer_index
-        hooks = [_LayerOutputs(self.model, k)] if "hidden" in scales else []
-        try:
-            hidden = tail_hidden_states(self.model, input_ids, attention_mask, k, prefix_states)
-            if self.spec.needs_teacher:
-                hooks.append(_LayerOutputs(self._teacher[0], k) if hooks else None)
-                t_hidden = teacher_hidden_states(self._teacher[0], input_ids, attention_mask, k, prefix_states)
-        finally:
-            layer_outputs = [h.close() for h in hooks if h is not None]
-        parts = torch.zeros(3, dtype=torch.float64, device=hidden.device)
-        loss = hidden.new_zeros((), dtype=torch.float32)
-        if layer_outputs:
-            matched = hidden_matching_sum(layer_outputs[0], layer_outputs[1], attention_mask)
-            loss = loss + scales["hidden"] * matched
-            parts[2] = matched.detach().double()
-        head = check_lm_head(self.model)
-        if "kd" in scales:
-            rows = kd_row_mask(attention_mask, labels, self.positions)
-            terms = DistillTerms(scales.get("ce", 0.0), scales["kd"], self.temperature)
-            kd_loss, sums = linear_distill_loss(hidden[:, :-1][rows], head, t_hidden[:, :-1][rows],
-                                                check_lm_head(self._teacher[0]), labels[:, 1:][rows], terms,
-                                                self.chunk_size)
-            loss = loss + kd_loss
-            parts[:2] = sums
-        elif "ce" in scales:
-            rows = labels[:, 1:] != IGNORE_INDEX
-            ce = linear_cross_entropy_sum(hidden[:, :-1][rows], head, labels[:, 1:][rows], self.chunk_size)
-            loss = loss + scales["ce"] * ce
-            parts[0] = ce.detach().double()
+        batch = self._forward_pass(input_ids, attention_mask, labels, prefix_states)
+        parts = torch.zeros(len(self.slots), dtype=torch.float64, device=batch.hidden.device)
+        loss = batch.hidden.new_zeros((), dtype=torch.float32)
+        for term in self.terms:
+            out = term.compute(batch, scales, self.settings)
+            loss = loss + out.loss
+            for name, value in out.sums.items():
+                parts[self.slots[name]] = value.detach().double()
         return loss, parts

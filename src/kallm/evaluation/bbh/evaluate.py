@@ -11,8 +11,10 @@ from typing import Any
 
 from kallm.errors import KallmError
 from kallm.evaluation.bbh.candidates import candidates_for, target_candidate
+from kallm.evaluation.bbh.filters import INVALID
 from kallm.evaluation.bbh.generation import generate_greedy
 from kallm.evaluation.bbh.likelihood import ForwardFn, loglikelihoods
+from kallm.evaluation.bbh.metrics import METRICS, Example, score_example
 from kallm.evaluation.bbh.prompts import (
     TARGET_DELIMITER,
     chat_template_info,
@@ -20,7 +22,6 @@ from kallm.evaluation.bbh.prompts import (
     render_prompt,
     wrap_chat,
 )
-from kallm.evaluation.bbh.scoring import extract_answers, score_output
 from kallm.evaluation.bbh.tasks import FREE_FORM, Task, load_tasks
 from kallm.io import write_json_atomic, write_text_atomic
 from kallm.provenance import run_info
@@ -72,8 +73,8 @@ def _run_generation(model, tokenizer, tasks: list[Task], settings: EvalSettings,
                               progress=progress, desc=f"BBH {mode.name}")
     for rec, output in zip(records, outputs):
         rec["output"] = output
-        rec["extracted"] = extract_answers(rec["task"], output, mode.name, rec["input"])
-        rec["correct"] = score_output(rec["task"], output, rec["target"], mode.name, question=rec["input"])
+        rec["extracted"], rec["correct"] = score_example(Example(rec["task"], mode, rec["target"], output,
+                                                                 rec["input"]))
     return records
 
 
@@ -92,16 +93,16 @@ def _run_mc(model, tokenizer, tasks: list[Task], settings: EvalSettings, progres
             requests += [(prompt, delimiter + c) for c in cands]
     scores = loglikelihoods(model, tokenizer, requests, batch_size=settings.batch_size, forward_fn=forward_fn,
                             progress=progress, desc="BBH mc")
-    pos = 0
+    pos, mode = 0, get_mode(settings.mode)
     for rec in records:
         cands = rec["candidates"]
         sums = scores[pos:pos + len(cands)]
         pos += len(cands)
-        norms = [s / max(len(c), 1) for s, c in zip(sums, cands)]  # lm-eval's acc_norm: per character
         best = cands[max(range(len(cands)), key=sums.__getitem__)]
-        best_norm = cands[max(range(len(cands)), key=norms.__getitem__)]
-        rec.update(logprobs=sums, output=best, extracted={"acc": best, "acc_norm": best_norm},
-                   correct={"acc": best == rec["target_candidate"], "acc_norm": best_norm == rec["target_candidate"]})
+        example = Example(rec["task"], mode, rec["target"], best, rec["input"], tuple(cands), tuple(sums),
+                          rec["target_candidate"])
+        extracted, correct = score_example(example)
+        rec.update(logprobs=sums, output=best, extracted=extracted, correct=correct)
     return records
 
 
@@ -113,13 +114,15 @@ def _aggregate(records: list[dict[str, Any]], task_names: list[str], metrics: tu
             continue
         entry: dict[str, Any] = {"n": len(rows)}
         for m in metrics:
-            entry[m] = sum(bool(r["correct"][m]) for r in rows) / len(rows)
-        extracted = [r.get("extracted", {}).get("flexible") for r in rows]
-        if any(e is not None for e in extracted):
-            entry["flexible_invalid"] = sum(e == "[invalid]" for e in extracted)
+            entry[m] = METRICS.get(m).aggregate([r["correct"][m] for r in rows])
+        for m in (m for m in metrics if METRICS.get(m).counts_invalid):
+            extracted = [r.get("extracted", {}).get(m) for r in rows]
+            if any(e is not None for e in extracted):
+                entry[f"{m}_invalid"] = sum(e == INVALID for e in extracted)
         per_task[name] = entry
     macro = {m: (sum(t[m] for t in per_task.values()) / len(per_task) if per_task else None) for m in metrics}
-    micro = {m: (sum(bool(r["correct"][m]) for r in records) / len(records) if records else None) for m in metrics}
+    micro = {m: (METRICS.get(m).aggregate([r["correct"][m] for r in records]) if records else None)
+             for m in metrics}
     return {"tasks": per_task, "macro": macro, "micro": micro}
 
 

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from kallm.errors import KallmError
+from kallm.evaluation.bbh.metrics import METRICS, metrics_of
 from kallm.evaluation.bbh.tasks import Task, load_task
 from kallm.registry import Registry
 
@@ -27,34 +28,40 @@ COT_TRIGGER = "Let's think step by step."
 
 @dataclass(frozen=True)
 class Mode:
-    """One evaluation mode: how its prompt is built, how generation stops, and what it reports."""
+    """One evaluation mode: how its prompt is built, how generation stops, and what it reports (the
+    registered metrics that apply to it, `kallm.evaluation.bbh.metrics`)."""
 
     name: str
     exemplars: bool  # few-shot block in the prompt
     cot: bool
     stops: tuple[str, ...]  # besides the model's EOS, which always stops
     max_gen_toks: int
-    metrics: tuple[str, ...]
     headline: str
     lm_eval_task: str  # the lm-eval task family it reproduces
     generative: bool = True
     # lm-eval's filter pipelines of that family -> the kallm metric that reproduces each one.
     lm_eval_filters: tuple[tuple[str, str], ...] = ()
+    lenient_match: bool = False  # the family's exact_match ignores case and some punctuation (zero-shot)
+
+    def __post_init__(self) -> None:
+        for name in (self.headline, *(metric for _, metric in self.lm_eval_filters)):
+            METRICS.get(name)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return metrics_of(self)
 
 
 MODES: Registry[Mode] = Registry("BBH mode")
-MODES.add("zeroshot", Mode("zeroshot", False, False, ("</s>", "Q:", "<|im_end|>"), 256,
-                           ("strict", "flexible", "stripped"), "stripped", "bbh_zeroshot",
-                           lm_eval_filters=(("strict-match", "strict"), ("flexible-extract", "flexible"))))
-MODES.add("fewshot", Mode("fewshot", True, False, ("</s>", "Q", "\n\n"), 256,
-                          ("strict", "flexible", "stripped"), "stripped", "bbh_fewshot",
+MODES.add("zeroshot", Mode("zeroshot", False, False, ("</s>", "Q:", "<|im_end|>"), 256, "stripped", "bbh_zeroshot",
+                           lm_eval_filters=(("strict-match", "strict"), ("flexible-extract", "flexible")),
+                           lenient_match=True))
+MODES.add("fewshot", Mode("fewshot", True, False, ("</s>", "Q", "\n\n"), 256, "stripped", "bbh_fewshot",
                           lm_eval_filters=(("none", "strict"),)))
-MODES.add("cot", Mode("cot", True, True, ("</s>", "Q", "\n\n"), 1024,
-                      ("strict", "flexible", "stripped"), "stripped", "bbh_cot_fewshot",
+MODES.add("cot", Mode("cot", True, True, ("</s>", "Q", "\n\n"), 1024, "stripped", "bbh_cot_fewshot",
                       lm_eval_filters=(("get-answer", "strict"),)))
 # Log-likelihood ranking of the enumerable answers after the few-shot (direct answer) prompt.
-MODES.add("mc", Mode("mc", True, False, (), 0, ("acc", "acc_norm"), "acc", "bbh_fewshot (loglikelihood)",
-                     generative=False))
+MODES.add("mc", Mode("mc", True, False, (), 0, "acc", "bbh_fewshot (loglikelihood)", generative=False))
 
 
 def get_mode(mode: str | Mode) -> Mode:
