@@ -22,7 +22,13 @@ from torch import nn
 
 from kallm.data import ConversationSet, TokenizedExample, load_conversations, tokenize_conversations
 from kallm.errors import KallmError
-from kallm.evaluation.heldout.scoring import HeldoutScore, carve_heldout, held_sources, score_heldout, split_by_source
+from kallm.evaluation.heldout.scoring import (
+    HeldoutScore,
+    carve_heldout,
+    held_sources,
+    score_heldout,
+    split_by_source,
+)
 from kallm.evaluation.heldout.text import is_text_set, load_text_set
 from kallm.experiment.schema import ExperimentConfig
 from kallm.io import write_json_atomic
