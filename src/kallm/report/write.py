@@ -1,7 +1,7 @@
 """`write_report(DIR)`: `report.md` and PNG plots, generated only from `DIR/results.jsonl`.
 
 Modules: `records` (reading and per-variant summaries), `stats` (mean ± std, paired bootstrap),
-`tables` (markdown), `plots` (figures). Free-text notes (what the run was sized to) come from
+`tables` (markdown), `plots` (figures), `per_set` (held-out quality per set, and the Data section). Free-text notes (what the run was sized to) come from
 `DIR/notes.md`, or else from the `notes` key of `DIR/config.json` (the resolved config).
 """
 
