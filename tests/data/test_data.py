@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,9 +147,11 @@ def test_json_parquet_and_folders(tmp_path):
 
 
 def test_shared_chat_data_loads(shared_data):
-    data = load_conversations(shared_data / "chat" / "gsm8k_train.jsonl", max_conversations=50)
-    assert len(data) == 50 and not data.bad_rows
+    data = load_conversations(shared_data / "chat" / "gsm8k_train.jsonl")
+    assert len(data) == 7473 and not data.bad_rows
     assert data.conversations[0][0]["content"].startswith("Natalia sold clips")
+    sample = load_conversations(shared_data / "chat", max_conversations=50)  # a sample of both files
+    assert len(sample) == 50 and {Path(f).name for f in sample.files} == {"gsm8k_train.jsonl", "hh_helpful.jsonl"}
 
 
 def test_split_is_deterministic_by_seed():

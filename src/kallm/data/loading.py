@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kallm.data.sampling import draw_sample
 from kallm.errors import KallmError
 
 log = logging.getLogger(__name__)
@@ -43,20 +44,26 @@ class BadRow:
 
 @dataclass
 class ConversationSet:
-    """Usable conversations, where each came from, and the rows that were rejected."""
+    """Usable conversations, where each came from (location, and source file: `files`, one per conversation
+    when known), and the rows that were rejected."""
 
     conversations: list[list[Message]]
     locations: list[str]
     bad_rows: list[BadRow] = field(default_factory=list)
     source: str = ""
+    files: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.conversations)
 
+    def item_files(self) -> list[str]:
+        """The source file of each conversation (the set's source for all when not recorded per item)."""
+        return self.files if len(self.files) == len(self) else [self.source] * len(self)
+
     def subset(self, indices: Sequence[int]) -> ConversationSet:
-        return ConversationSet(
-            [self.conversations[i] for i in indices], [self.locations[i] for i in indices], [], self.source
-        )
+        files = self.item_files()
+        return ConversationSet([self.conversations[i] for i in indices], [self.locations[i] for i in indices], [],
+                               self.source, [files[i] for i in indices])
 
 
 def check_row(row: Any) -> tuple[list[Message] | None, str]:
@@ -200,11 +207,14 @@ def load_conversations(
     split: str = "train",
     on_bad_row: str = "skip",
     max_conversations: int | None = None,
+    seed: int = 0,
+    mix: Mapping[str, float] | None = None,
 ) -> ConversationSet:
     """Load conversations from a hub dataset id, or local files/folders (one or several).
 
     `on_bad_row="skip"` drops rows that break the schema and logs one summary warning with the first
-    locations; `"error"` raises on the first. Zero usable rows is always an error.
+    locations; `"error"` raises on the first. Zero usable rows is always an error. `max_conversations`
+    and `mix` draw a seeded sample stratified by file (kallm.data.sampling), never the first N in file order.
     """
     if on_bad_row not in ON_BAD_ROW:
         raise KallmError(f"on_bad_row={on_bad_row!r} is not valid; choose one of: {', '.join(ON_BAD_ROW)}")
@@ -213,16 +223,16 @@ def load_conversations(
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     if not sources:
         raise KallmError("no data source given")
-    iterators: list[Iterator[tuple[str, Any, str]]] = []
+    iterators: list[tuple[str, Iterator[tuple[str, Any, str]]]] = []
     for src in sources:
         files = source_files(src)
         if files is None:
-            iterators.append(_iter_hub(str(src), split))
+            iterators.append((str(src), _iter_hub(str(src), split)))
         else:
-            iterators.extend(_READERS[f.suffix](f) for f in files)
+            iterators.extend((str(f), _READERS[f.suffix](f)) for f in files)
 
     out = ConversationSet([], [], [], ", ".join(str(s) for s in sources))
-    for it in iterators:
+    for name, it in iterators:  # all of every file: a sample is drawn across them below
         for location, row, parse_error in it:
             messages, reason = (None, parse_error) if parse_error else check_row(row)
             if messages is None:
@@ -232,10 +242,10 @@ def load_conversations(
                 continue
             out.conversations.append(messages)
             out.locations.append(location)
-            if max_conversations is not None and len(out) >= max_conversations:
-                break
-        if max_conversations is not None and len(out) >= max_conversations:
-            break
+            out.files.append(name)
+    if out.conversations and (max_conversations is not None or mix):
+        sample = out.subset(draw_sample(out.files, max_conversations, seed, mix))
+        out = ConversationSet(sample.conversations, sample.locations, out.bad_rows, out.source, sample.files)
     if out.bad_rows:
         shown = "; ".join(str(b) for b in out.bad_rows[:3])
         more = f" (and {len(out.bad_rows) - 3} more)" if len(out.bad_rows) > 3 else ""

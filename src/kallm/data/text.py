@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kallm.data.loading import BadRow, ConversationSet, load_conversations
+from kallm.data.sampling import draw_sample
 from kallm.data.tokenize import TokenizedExample, TokenizedSet
 from kallm.errors import KallmError
 from kallm.progress import progress_bar
@@ -32,12 +33,18 @@ class TextSet:
     locations: list[str]
     bad_rows: list[BadRow] = field(default_factory=list)
     source: str = ""
+    files: list[str] = field(default_factory=list)  # each document's file, when recorded
 
     def __len__(self) -> int:
         return len(self.texts)
 
+    def item_files(self) -> list[str]:
+        return self.files if len(self.files) == len(self) else [self.source] * len(self)
+
     def subset(self, indices: Sequence[int]) -> TextSet:
-        return TextSet([self.texts[i] for i in indices], [self.locations[i] for i in indices], [], self.source)
+        files = self.item_files()
+        return TextSet([self.texts[i] for i in indices], [self.locations[i] for i in indices], [], self.source,
+                       [files[i] for i in indices])
 
 
 def _first_row(path: Path) -> dict | None:
@@ -91,7 +98,7 @@ def _jsonl_text(line: str) -> str | None:
     return text if isinstance(text, str) else None
 
 
-def _read_documents(files: list[Path], max_documents: int | None) -> TextSet:
+def _read_documents(files: list[Path]) -> TextSet:
     out = TextSet([], [], [], ", ".join(str(f) for f in files))
     for path in files:
         if path.suffix == TEXT_SUFFIX:
@@ -105,20 +112,27 @@ def _read_documents(files: list[Path], max_documents: int | None) -> TextSet:
             elif text.strip():
                 out.texts.append(text)
                 out.locations.append(location)
-            if max_documents is not None and len(out) >= max_documents:
-                return out
+                out.files.append(str(path))
     return out
 
 
 def load_training_data(source: str | Path | Sequence[str | Path], *, on_bad_row: str = "skip",
-                       max_conversations: int | None = None) -> ConversationSet | TextSet:
-    """Chat conversations (`load_conversations`), or plain-text documents when every local file is text."""
+                       max_conversations: int | None = None, seed: int = 0,
+                       mix: Mapping[str, float] | None = None) -> ConversationSet | TextSet:
+    """Chat conversations (`load_conversations`), or plain-text documents when every local file is text.
+
+    `max_conversations` (documents, for text) and `mix` draw a seeded sample stratified by file
+    (kallm.data.sampling.draw_sample), never the first N in file order."""
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     local = [Path(str(s)).expanduser() for s in sources]
     files = _text_files(local) if local and all(p.exists() for p in local) else None
     if files is None:
-        return load_conversations(source, on_bad_row=on_bad_row, max_conversations=max_conversations)
-    texts = _read_documents(files, max_conversations)
+        return load_conversations(source, on_bad_row=on_bad_row, max_conversations=max_conversations, seed=seed,
+                                  mix=mix)
+    texts = _read_documents(files)
+    if texts.texts and (max_conversations is not None or mix):
+        sample = texts.subset(draw_sample(texts.files, max_conversations, seed, mix))
+        texts = TextSet(sample.texts, sample.locations, texts.bad_rows, texts.source, sample.files)
     if texts.bad_rows and on_bad_row == "error":
         raise KallmError(str(texts.bad_rows[0]))
     if not texts.texts:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from kallm.data import ConversationSet, TextSet, load_training_data, token_batches
+from kallm.data.sampling import count_by_source
 from kallm.distill.layerwise import (
     DistillConfig,
     collect_ffn_io,
@@ -39,6 +40,7 @@ from kallm.evaluation.bbh import evaluate_bbh, load_tasks
 from kallm.evaluation.bbh.chance import chance_levels
 from kallm.evaluation.heldout.scoring import HeldoutScore
 from kallm.evaluation.heldout.sets import GridHeldout, heldout_record, write_scores
+from kallm.experiment.data_record import batch_counts, fitting_order, training_counts
 from kallm.experiment.eval_cache import CachedPrefixForward
 from kallm.experiment.plan import PlannedRun
 from kallm.experiment.results import finished_runs, locked, record_result
@@ -81,6 +83,7 @@ class GridRunner:
         self._eval_forwards: dict[int, CachedPrefixForward] = {}
         self._chance: dict[str, float] | None = None
         self._distill_io: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._prepared: tuple[list, list] | None = None
 
     # ------------------------------------------------------------ shared inputs
 
@@ -92,7 +95,8 @@ class GridRunner:
         if self._loaded is None:
             train = self.config.train
             self._loaded = load_training_data(self.config.data_sources(), on_bad_row=train.on_bad_row,
-                                              max_conversations=train.max_conversations)
+                                              max_conversations=train.max_conversations, seed=train.data_seed,
+                                              mix=train.mix)
         return self._loaded
 
     def conversations(self, tokenizer) -> ConversationSet | TextSet:
@@ -150,13 +154,32 @@ class GridRunner:
                 save_ffn_io(self._distill_io, path)
         return self._distill_io
 
+    def prepared(self, tokenizer) -> tuple[list, list]:
+        """The training data tokenised and split as the first seed's run splits it (once per grid)."""
+        if self._prepared is None:
+            train_cfg = self.config.train.train_config(self.config.seeds[0])
+            self._prepared = prepare_data(tokenizer, self.conversations(tokenizer), train_cfg, progress=False)
+        return self._prepared
+
     def distill_batches(self, tokenizer) -> list[dict]:
-        """The training conversations distillation fits on (the first `distill.tokens` tokens of the split)."""
+        """The training conversations distillation fits on: the first `distill.tokens` tokens of the split,
+        in an order stratified by source file (data_seed), so the fit sees every source in proportion."""
         cfg = self.config.distill or DistillConfig()
-        train_cfg = self.config.train.train_config(self.config.seeds[0])
-        examples, _ = prepare_data(tokenizer, self.conversations(tokenizer), train_cfg, progress=False)
+        examples = fitting_order(self.prepared(tokenizer)[0], self.conversations(tokenizer),
+                                 self.config.train.data_seed)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return token_batches(examples, pad, cfg.tokens)
+
+    def data_record(self, tokenizer, fitted: bool) -> dict[str, Any]:
+        """Per-source conversation/token counts of training, fitting (when `fitted`) and the carved set."""
+        train = self.config.train
+        counts = training_counts(self.prepared(tokenizer), self.conversations(tokenizer))
+        out = {"seed": train.data_seed, "max_conversations": train.max_conversations, "mix": train.mix,
+               "loaded": count_by_source(self.loaded_data().item_files()), "train": counts,
+               "heldout": self.heldout.carved_counts()}
+        if fitted:
+            out["fit"] = batch_counts(self.distill_batches(tokenizer), self.conversations(tokenizer))
+        return out
 
     def eval_forward(self, model: nn.Module, report: RetrofitReport) -> CachedPrefixForward | None:
         """The shared prefix-cached forward for likelihood evaluation, when it is valid."""
@@ -239,6 +262,7 @@ class GridRunner:
         write_scores(run_dir, scores)
         record["heldout"] = heldout_record(scores["final"])
         record["heldout_init"] = heldout_record(scores.get("init", {}))
+        record["data"] = self.data_record(tokenizer, fitted=v.init == "distill")
         record["params"] = {"total": report.total_params,
                             "trainable": report.trainable_params if v.trained else 0,
                             "replaced_old": report.replaced_old_params, "replaced_new": report.replaced_new_params,
@@ -305,7 +329,8 @@ class GridRunner:
         shared = self.train_prefix_cache(model, k) if tcfg.prefix_cache and k else None
         callbacks = [DegreeCurriculum(v.curriculum)] if v.curriculum else []
         meta = {"experiment": self.config.name, "run_id": run.run_id, "variant": str(report.variant),
-                "layers": self.config.layers, "freeze": self.config.freeze, "init": v.init}
+                "layers": self.config.layers, "freeze": self.config.freeze, "init": v.init,
+                "data": self.data_record(tokenizer, fitted=False)["train"]}
         result = train_model(model, tokenizer, self.conversations(tokenizer), tcfg, files.out, resume=resuming,
                              progress=self.progress, callbacks=callbacks, prefix_cache=shared, run_meta=meta)
         self.save_train_cache()

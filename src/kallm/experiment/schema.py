@@ -49,10 +49,22 @@ SAME_AS = "same-as"
 class TrainSection(TrainConfig):
     """An experiment's `train:` section: the training settings plus where the chat data comes from.
 
-    `seed` is set per run from the experiment's `seeds`.
+    `seed` is set per run from the experiment's `seeds`. `max_conversations` draws a sample stratified by
+    file with `data_seed`; `mix` (`{file name or glob: weight}`) sets each file's share instead of its size.
     """
 
     data: str | list[str] = DEFAULT_DATASET
+    mix: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mix is None:
+            return
+        if not self.mix:
+            raise FieldError("mix", "must name at least one file or glob with a weight, e.g. {'gsm8k*': 1}")
+        for pattern, weight in self.mix.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise FieldError(f"mix.{pattern}", f"weight must be a positive number, got {weight!r}")
 
     def train_config(self, seed: int) -> TrainConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
@@ -74,6 +86,12 @@ class EvalConfig(EvalSettings):
     heldout: list[str] = field(default_factory=list)
     heldout_batch_size: int = 8
     heldout_before_training: bool = True  # also score each trained run right after its initialisation
+    # Plain-text files in `heldout` (.txt, .jsonl rows with `text`): NLL per token in blocks of block_length
+    # tokens over the first max_text_tokens tokens (null: all), windows every text_stride tokens (null:
+    # block_length, no overlap); kallm.evaluation.heldout.text documents the protocol.
+    block_length: int = 512
+    max_text_tokens: int | None = 32768
+    text_stride: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,17 +101,32 @@ class EvalConfig(EvalSettings):
             raise FieldError("heldout_size", f"must be an integer >= 0 (0: no held-out split), got {self.heldout_size!r}")
         if isinstance(self.heldout_batch_size, bool) or self.heldout_batch_size < 1:
             raise FieldError("heldout_batch_size", f"must be an integer >= 1, got {self.heldout_batch_size!r}")
+        self._check_text_protocol()
         names = [Path(p).stem for p in self.heldout]
         for i, name in enumerate(names):
-            if name in names[:i] or name == "heldout":
+            ours = name == "heldout" or name.startswith("heldout:")
+            if name in names[:i] or ours:
                 raise FieldError(f"heldout[{i}]", f"held-out sets are named by file name: {name!r} is taken "
-                                                  f"({'the default set' if name == 'heldout' else 'by another file'})")
+                                                  f"({'by the carved sets' if ours else 'by another file'})")
         for key, check in (("tasks", lambda: check_tasks(self.tasks)),
                            ("metric", lambda: check_metric(self.mode, self.metric))):
             try:
                 check()
             except KallmError as exc:
                 raise FieldError(key, str(exc)) from None
+
+
+    def _check_text_protocol(self) -> None:
+        for key, low in (("block_length", 2), ("max_text_tokens", 2), ("text_stride", 1)):
+            value = getattr(self, key)
+            if key != "block_length" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise FieldError(key, f"must be an integer >= {low}{'' if key == 'block_length' else ' or null'}, "
+                                      f"got {value!r}")
+        if self.text_stride is not None and self.text_stride > self.block_length:
+            raise FieldError("text_stride", f"must be at most block_length ({self.block_length}), got "
+                                            f"{self.text_stride}")
 
 
 @dataclass

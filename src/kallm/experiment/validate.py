@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kallm.data.loading import source_files
+from kallm.data.text import TEXT_SUFFIX
 from kallm.errors import KallmError
 from kallm.evaluation.bbh import get_mode, list_tasks, load_tasks, select_tasks
 from kallm.evaluation.bbh.tasks import resolve_data_dir
@@ -45,8 +46,11 @@ def check_curriculum_steps(schedule: DegreeSchedule, steps: int) -> None:
 
 
 def check_data(sources: Sequence[str | Path]) -> None:
-    """Every local data source exists and holds .jsonl/.json/.parquet files (hub ids are checked on loading)."""
+    """Every local data source exists and holds .jsonl/.json/.parquet files, or is a plain-text .txt file
+    (hub ids are checked on loading)."""
     for source in sources:
+        if str(source).endswith(TEXT_SUFFIX) and Path(str(source)).expanduser().is_file():
+            continue
         source_files(source)
 
 

@@ -55,6 +55,15 @@ def heldout_table(summaries: list[VariantSummary], final: list[HeldoutComparison
     return md_table(header, rows)
 
 
+def per_set_block(table: str | None) -> list[str]:
+    """The report's first table (kallm.report.per_set): every held-out set as a column, under the verdict."""
+    if table is None:
+        return []
+    return ["Mean held-out NLL per set (per assistant token; per token for text), and in parentheses Δ vs the "
+            "original in percent of its NLL with the 95% interval (see Held-out quality for how it is computed).",
+            "", table, ""]
+
+
 def _outcome(c: HeldoutComparison) -> str:
     if not c.ci.distinguishable:
         return "not distinguishable"

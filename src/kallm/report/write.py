@@ -1,7 +1,7 @@
 """`write_report(DIR)`: `report.md` and PNG plots, generated only from `DIR/results.jsonl`.
 
 Modules: `records` (reading and per-variant summaries), `stats` (mean ± std, paired bootstrap),
-`tables` (markdown), `plots` (figures). Free-text notes (what the run was sized to) come from
+`tables` (markdown), `plots` (figures), `per_set` (held-out quality per set, and the Data section). Free-text notes (what the run was sized to) come from
 `DIR/notes.md`, or else from the `notes` key of `DIR/config.json` (the resolved config).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from kallm.errors import KallmError
 from kallm.io import check_output_dir, read_json, write_text_atomic
 from kallm.report import heldout_comparisons as heldout
-from kallm.report import plots, tables, verdict
+from kallm.report import per_set, plots, tables, verdict
 from kallm.report.heldout_comparisons import HeldoutComparison
 from kallm.report.records import (
     RESULTS_FILE,
@@ -192,7 +192,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
            f"and each run's `{heldout.HELDOUT_FILE}`. ± is the sample standard deviation over seeds, (n) the "
            f"number of runs; {tables.DASH} means not recorded or not applicable.", ""]
     references = {s.name for s in a.summaries if s.is_tuned_original}
-    md += ["## Verdict", "", verdict.verdict_paragraph(a.final, a.pairs, a.original, a.bbh, references), ""]
+    by_set = per_set.versus_original_by_set(run_dir, a.summaries)
+    paragraph = verdict.verdict_paragraph(a.final, a.pairs, a.original, a.bbh, references)
+    md += ["## Verdict", "", " ".join([paragraph, *per_set.per_set_sentences(a.summaries, by_set, references)]), ""]
+    md += verdict.per_set_block(per_set.per_set_table(a.summaries, by_set))
     notes = _notes(run_dir)
     if notes:
         md += ["## Notes", "", notes, ""]
@@ -203,6 +206,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     distill = tables.distill_table(a.summaries)
     if distill:
         md += ["## Distillation", "", distill, ""]
+    md += per_set.data_section(a.summaries)
     md += ["## Provenance", "", _provenance(records), ""]
     write_text_atomic(out, "\n".join(md))
     logger.info("wrote %s (%d plots)", out, len(saved))

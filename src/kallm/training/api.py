@@ -55,7 +55,7 @@ def train(
         newest_readable_checkpoint(files.checkpoints, warn=False)  # none readable: say so before loading
     check_installed(config.report_to)
     conversations = load_training_data(sources, on_bad_row=config.on_bad_row,
-                                       max_conversations=config.max_conversations)
+                                       max_conversations=config.max_conversations, seed=config.data_seed)
     net, tokenizer = load_model(model)
     retrofit(net, layers=layers, variant=spec, freeze=freeze, seed=config.seed)
     main = PartialState().is_main_process  # only the main process writes (and locks) the folder

@@ -41,7 +41,8 @@ class TrainConfig:
     logits_chunk_size: int = 1024
     prefix_cache: bool = False
     group_by_length: bool = True
-    max_conversations: int | None = None
+    max_conversations: int | None = None  # a seeded sample stratified by file (kallm.data.sampling)
+    data_seed: int = 0  # the seed of every data sample (max_conversations, train.mix, distillation's tokens)
     on_bad_row: str = "skip"
     # Experiment trackers, through Accelerate: tensorboard, wandb, mlflow, comet_ml, aim, ... (default: none)
     report_to: str | tuple[str, ...] = ()
@@ -61,7 +62,7 @@ class TrainConfig:
 
         for name in ("steps", "batch_size", "grad_accum", "keep_checkpoints", "logits_chunk_size"):
             positive(name)
-        for name in ("eval_every", "save_every", "warmup_steps", "seed"):
+        for name in ("eval_every", "save_every", "warmup_steps", "seed", "data_seed"):
             positive(name, allow_zero=True)
         for name in ("eval_batches", "max_conversations"):
             positive(name, allow_none=True)

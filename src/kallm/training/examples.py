@@ -13,6 +13,7 @@ from kallm.data import (
     tokenize_conversations,
     tokenize_texts,
 )
+from kallm.data.sampling import draw_sample
 from kallm.errors import KallmError
 from kallm.training.config import TrainConfig
 
@@ -28,7 +29,8 @@ def prepare_data(tokenizer, data: ConversationSet | TextSet | Sequence, config: 
     """Tokenise and split into (train, validation) examples, deterministically by `config.seed`."""
     data = as_conversation_set(data)
     if config.max_conversations is not None and len(data) > config.max_conversations:
-        data = data.subset(range(config.max_conversations))
+        # a seeded sample across the data's files, never the first N in file order
+        data = data.subset(draw_sample(data.item_files(), config.max_conversations, config.data_seed))
     if len(data) == 0:
         raise KallmError("no training conversations given")
     train_idx, val_idx = split_indices(len(data), val_size=None if config.val_fraction is not None else config.val_size,

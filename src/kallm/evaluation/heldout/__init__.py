@@ -1,8 +1,9 @@
-"""Held-out quality: NLL on conversations (and text) no run of a grid trained on.
+"""Held-out quality: NLL on conversations (and text) no run of a grid trained on, per set and per source.
 
 | module | concept |
 | --- | --- |
 | `scoring` | `HeldoutScore` (per-example sums, the one schema), `score_heldout`, `carve_heldout`, `quality_retained` |
+| `text` | plain-text held-out files: NLL per token in fixed blocks (the protocol, documented there) |
 | `sets` | a grid's held-out sets: carved once, tokenised once, their shared prefix computed once, every run scored |
 """
 

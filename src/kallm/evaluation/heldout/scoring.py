@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from kallm.data import ChatTokenizer, ConversationSet, TokenizedExample, collate
+from kallm.data.sampling import allocate, file_groups, source_name, stratified_order
 from kallm.errors import KallmError
 from kallm.models.prefix import PrefixCache, tail_hidden_states
 from kallm.progress import progress_bar
@@ -60,22 +60,54 @@ class HeldoutScore:
 def carve_heldout(data: ConversationSet, size: int, tokenizer, max_length: int,
                   seed: int = 0) -> tuple[list[TokenizedExample], ConversationSet]:
     """(held-out examples, the rest of the data): `size` conversations that keep an assistant token within
-    `max_length`, drawn in a fixed order (seed), so every run of a grid is scored on the same ones."""
+    `max_length`, stratified by source file like the training sample (each file its share of `size` by
+    largest remainder, drawn in a seeded order), so every run of a grid is scored on the same ones and
+    every source is represented. A file short of usable conversations leaves its shortfall to the others."""
     if size <= 0:
         return [], data
     chat = ChatTokenizer(tokenizer, max_length)
+    files = data.item_files()
+    order = stratified_order(files, seed)
+    quotas = allocate({f: float(len(idx)) for f, idx in file_groups(files).items()}, min(size, len(data)))
     held: list[TokenizedExample] = []
-    for i in np.random.default_rng(seed).permutation(len(data)).tolist():
-        if len(held) == size:
-            break
-        example = chat(data.conversations[i], index=i)
-        if example is not None:
-            held.append(example)
+    tried: set[int] = set()
+    for pass_quotas in (quotas, None):  # by file's share first, then whatever is usable, in the same order
+        for i in order:
+            if len(held) == size:
+                break
+            if i in tried or (pass_quotas is not None and pass_quotas[files[i]] == 0):
+                continue
+            tried.add(i)
+            example = chat(data.conversations[i], index=i)
+            if example is not None:
+                held.append(example)
+                if pass_quotas is not None:
+                    pass_quotas[files[i]] -= 1
     if len(held) < size:
         raise KallmError(f"only {len(held)} of {len(data)} conversations keep an assistant token within "
                          f"{max_length} tokens; lower eval.heldout_size ({size}) or raise train.max_length")
     taken = {e.index for e in held}
     return held, data.subset([i for i in range(len(data)) if i not in taken])
+
+
+def held_sources(data: ConversationSet, held: list[TokenizedExample]) -> dict[str, str]:
+    """Each held-out example's content key -> the source name of the file it came from."""
+    files = data.item_files()
+    return {e.key: source_name(files[e.index]) for e in held}
+
+
+def split_by_source(score: HeldoutScore, sources: dict[str, str], name_of) -> dict[str, HeldoutScore]:
+    """`score` split into one score per source (`sources`: key -> source; `name_of(source)` -> set name),
+    in order of first appearance; keys not in `sources` are left out."""
+    out: dict[str, HeldoutScore] = {}
+    for key, nll, n in zip(score.keys, score.nll_sums, score.n_tokens):
+        if key not in sources:
+            continue
+        part = out.setdefault(sources[key], HeldoutScore(name_of(sources[key])))
+        part.keys.append(key)
+        part.nll_sums.append(nll)
+        part.n_tokens.append(n)
+    return {part.name: part for part in out.values()}
 
 
 def _batches(examples: list[TokenizedExample], batch_size: int) -> list[list[TokenizedExample]]:

@@ -1,9 +1,12 @@
 """The grid's held-out sets: carved once, tokenised once, their shared prefix computed once, every run scored.
 
-The default set is `eval.heldout_size` conversations drawn from the training data with a fixed seed and
-removed from it, so no run of the grid trains on them; `eval.heldout` adds files of conversations, each
-scored and reported on its own. Every run (the untouched model included) is scored on the same sets,
-so any two runs can be compared conversation by conversation. Each run's per-conversation sums are
+The default set is `eval.heldout_size` conversations drawn from the training data with a fixed seed,
+stratified by source file, and removed from it, so no run of the grid trains on them. When the training
+data has several source files, the default set is also reported split by source (`heldout:<file stem>`,
+see `source_set_name`: scored once, split after). `eval.heldout` adds files, each scored and reported on its
+own: chat (assistant tokens), or plain text (NLL per token in fixed blocks, kallm.evaluation.heldout.text).
+Every run (the untouched model included) is scored on the same sets, so any two runs can be compared
+example by example. Each run's per-conversation sums are
 written to `runs/<run_id>/heldout.json`; its record gets the summary.
 """
 
@@ -19,7 +22,14 @@ from torch import nn
 
 from kallm.data import ConversationSet, TokenizedExample, load_conversations, tokenize_conversations
 from kallm.errors import KallmError
-from kallm.evaluation.heldout.scoring import HeldoutScore, carve_heldout, score_heldout
+from kallm.evaluation.heldout.scoring import (
+    HeldoutScore,
+    carve_heldout,
+    held_sources,
+    score_heldout,
+    split_by_source,
+)
+from kallm.evaluation.heldout.text import is_text_set, load_text_set
 from kallm.experiment.schema import ExperimentConfig
 from kallm.io import write_json_atomic
 from kallm.models.prefix import PrefixCache
@@ -37,6 +47,11 @@ def set_name(path: str | Path) -> str:
     return Path(path).stem
 
 
+def source_set_name(source: str) -> str:
+    """The set name of the default set's part from one training source: `heldout:<source name>`."""
+    return f"{DEFAULT_SET}:{source}"
+
+
 class GridHeldout:
     """Held-out sets of one grid, with one frozen-prefix cache per (set, prefix layer), kept on disk."""
 
@@ -48,6 +63,7 @@ class GridHeldout:
         self.lock = lock
         self.progress = progress
         self._examples: dict[str, list[TokenizedExample]] | None = None
+        self._sources: dict[str, str] = {}  # default-set example key -> its source (for the split by source)
         self._caches: dict[tuple[str, int], PrefixCache] = {}
 
     def split_training_data(self, data: ConversationSet, tokenizer) -> ConversationSet:
@@ -55,11 +71,26 @@ class GridHeldout:
         max_length = self.config.train.max_length
         held, rest = carve_heldout(data, self.config.eval.heldout_size, tokenizer, max_length, HELDOUT_SEED)
         self._examples = {DEFAULT_SET: held} if held else {}
+        self._sources = held_sources(data, held)
+        ecfg = self.config.eval
         for path in self.config.heldout_paths():
+            if is_text_set(path):
+                self._examples[set_name(path)] = load_text_set(path, tokenizer, ecfg.block_length,
+                                                               ecfg.max_text_tokens, ecfg.text_stride)
+                continue
             extra = load_conversations(path, on_bad_row=self.config.train.on_bad_row)
             self._examples[set_name(path)] = tokenize_conversations(tokenizer, extra.conversations, max_length,
                                                                     progress=False).examples
         return rest
+
+    def carved_counts(self) -> dict[str, dict[str, int]]:
+        """`{source: {conversations, tokens}}` of the default set (tokens: the assistant tokens scored)."""
+        out: dict[str, dict[str, int]] = {}
+        for e in self.examples().get(DEFAULT_SET, []):
+            row = out.setdefault(self._sources.get(e.key, ""), {"conversations": 0, "tokens": 0})
+            row["conversations"] += 1
+            row["tokens"] += e.num_labels
+        return out
 
     def examples(self) -> dict[str, list[TokenizedExample]]:
         if self._examples is None:
@@ -91,8 +122,16 @@ class GridHeldout:
             if cache is not None and cache.dirty:
                 with self.lock():  # processes running one grid share cache/
                     cache.save(cache.path)
-        return scores
+        return with_source_sets(scores, self._sources)
 
+
+def with_source_sets(scores: dict[str, HeldoutScore], sources: dict[str, str]) -> dict[str, HeldoutScore]:
+    """`scores` plus the default set split by source (`heldout:<source>`), when it spans several sources."""
+    if DEFAULT_SET not in scores or len(set(sources.values())) < 2:
+        return scores
+    parts = split_by_source(scores[DEFAULT_SET], sources, source_set_name)
+    ordered = {DEFAULT_SET: scores[DEFAULT_SET], **parts}
+    return {**ordered, **{n: s for n, s in scores.items() if n not in ordered}}
 
 
 def heldout_record(scores: dict[str, HeldoutScore]) -> dict[str, Any] | None:
