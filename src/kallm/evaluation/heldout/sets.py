@@ -19,22 +19,16 @@ from torch import nn
 
 from kallm.data import ConversationSet, TokenizedExample, load_conversations, tokenize_conversations
 from kallm.errors import KallmError
-from kallm.evaluation.heldout.scoring import HeldoutScore, carve_heldout, score_heldout
+from kallm.evaluation.heldout.scoring import carve_heldout, score_heldout
 from kallm.experiment.schema import ExperimentConfig
-from kallm.io import write_json_atomic
+from kallm.folders.layout import DEFAULT_HELDOUT_SET, GridRunFolder, cache_file, heldout_set_name
+from kallm.folders.records import HeldoutScore, HeldoutScores, write_heldout_scores
 from kallm.models.prefix import PrefixCache
 from kallm.runtime.precision import Precision
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SET = "heldout"  # the set carved from the training data
 HELDOUT_SEED = 0  # fixed for the grid: every run and every seed sees the same held-out conversations
-SCORES_FILE = "heldout.json"
-
-
-def set_name(path: str | Path) -> str:
-    """A user file's set name in records and tables: its file name without the extension."""
-    return Path(path).stem
 
 
 class GridHeldout:
@@ -54,10 +48,10 @@ class GridHeldout:
         """The training data without the default held-out set (whose examples are kept here)."""
         max_length = self.config.train.max_length
         held, rest = carve_heldout(data, self.config.eval.heldout_size, tokenizer, max_length, HELDOUT_SEED)
-        self._examples = {DEFAULT_SET: held} if held else {}
+        self._examples = {DEFAULT_HELDOUT_SET: held} if held else {}
         for path in self.config.heldout_paths():
             extra = load_conversations(path, on_bad_row=self.config.train.on_bad_row)
-            self._examples[set_name(path)] = tokenize_conversations(tokenizer, extra.conversations, max_length,
+            self._examples[heldout_set_name(path)] = tokenize_conversations(tokenizer, extra.conversations, max_length,
                                                                     progress=False).examples
         return rest
 
@@ -72,8 +66,7 @@ class GridHeldout:
         key = (name, layer_index)
         if key not in self._caches:
             p = self.precision
-            suffix = "" if p.name == "fp32" else f"-{p.name}"  # bf16 states are kept apart from float32 ones
-            path = self.cache_dir / f"prefix-{name}-layer{layer_index}{suffix}.safetensors"
+            path = cache_file(self.cache_dir, f"prefix-{name}-layer{layer_index}", p.name)
             self._caches[key] = PrefixCache.for_model(path, model, layer_index, p.storage_dtype, p.name)
         return self._caches[key]
 
@@ -94,17 +87,15 @@ class GridHeldout:
         return scores
 
 
-
 def heldout_record(scores: dict[str, HeldoutScore]) -> dict[str, Any] | None:
     """`{nll, ppl, n_conversations, n_tokens, sets: {name: {...}}}`; the headline is the default set
     (or the first user set when there is none)."""
     if not scores:
         return None
-    headline = scores.get(DEFAULT_SET) or next(iter(scores.values()))
+    headline = scores.get(DEFAULT_HELDOUT_SET) or next(iter(scores.values()))
     return {**headline.summary(), "set": headline.name, "sets": {n: s.summary() for n, s in scores.items()}}
 
 
-def write_scores(run_dir: Path, scores: dict[str, dict[str, HeldoutScore]]) -> None:
+def write_scores(run_dir: Path, scores: HeldoutScores) -> None:
     """Per-conversation sums, by stage ('init': before training, 'final') and set, for paired comparisons."""
-    write_json_atomic(run_dir / SCORES_FILE, {stage: {name: s.to_dict() for name, s in by_set.items()}
-                                              for stage, by_set in scores.items()})
+    write_heldout_scores(GridRunFolder(run_dir).heldout, scores)
