@@ -9,7 +9,7 @@
       runs/<run_id>/                  GridRunFolder: .lock, heldout.json, distill.json,
                                       train/ (TrainingFolder), retrofit/ (RetrofitFolder), eval/ (EvalFolder)
     <training run>/                   TrainingFolder (`kallm train --out`)
-      config.json, run_info.json, metrics.jsonl, result.json, .lock,
+      config.json, run_info.json, metrics.jsonl, result.json, .lock, tracking/,
       checkpoints/step-NNNNNNNN/      CheckpointFolder: trainable.safetensors, optimizer.safetensors,
                                       optimizer.json, rng.json, state.json
       retrofit/                       RetrofitFolder: manifest.json, retrofit.safetensors
@@ -47,6 +47,7 @@ RUN_INFO = "run_info.json"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
 CHECKPOINTS = "checkpoints"
+TRACKING = "tracking"  # experiment trackers' own files (tensorboard, ...)
 CHECKPOINT_PREFIX = "step-"
 CHECKPOINT_WEIGHTS = "trainable.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.safetensors"
@@ -172,6 +173,10 @@ class TrainingFolder:
     @property
     def checkpoints(self) -> Path:
         return self.root / CHECKPOINTS
+
+    @property
+    def tracking(self) -> Path:
+        return self.root / TRACKING
 
     def checkpoint(self, step: int) -> CheckpointFolder:
         return CheckpointFolder(self.checkpoints / CheckpointFolder.name(step))
