@@ -183,7 +183,7 @@ class ExperimentConfig:
     dtype: Dtype = "float32"
     device: str = "auto"
     layers: str = defaults.LAYERS
-    freeze: Freeze = defaults.FREEZE  # type: ignore[assignment]
+    freeze: Freeze = defaults.FREEZE
     seeds: list[int] = field(default_factory=lambda: [0])
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -71,7 +71,9 @@ MODEL_CARD = "README.md"
 
 # ---------------------------------------------------------------- held-out sets
 DEFAULT_HELDOUT_SET = "heldout"  # the set carved from the training data; user files are named by their stem
-FP32 = "fp32"
+
+# ---------------------------------------------------------------- cache files
+FP32 = "fp32"  # kallm.runtime.precision's name for float32 (not imported: this module stays torch-free)
 
 
 def default_experiment_folder(name: str) -> str:
