@@ -159,3 +159,20 @@ def test_the_file_name_check_finds_names_outside_docstrings(tmp_path):
     module.write_text('"""Writes heldout.json."""\nPATH = "runs/x/heldout.json"\n'
                       'def f(run):\n    """results.jsonl"""\n    return f"see {run} results.jsonl"\n')
     assert _spelled(module, {"heldout.json", "results.jsonl"}) == ["2 'heldout.json'", "5 'results.jsonl'"]
+
+
+def test_the_folders_contract_is_low_level():
+    """kallm.folders is read by every writer and reader, so it imports none of them (nor torch)."""
+    modules = _modules()
+    allowed = {"kallm.errors", "kallm.io"}
+    folders = [name for name in modules if name.startswith("kallm.folders")]
+    assert {"kallm.folders.layout", "kallm.folders.records"} <= set(folders)
+    for name, path in modules.items():
+        if name in folders:
+            outside = {m for m in _imports(name, path, set(modules)) if not m.startswith("kallm.folders")}
+            assert outside <= allowed, (name, outside - allowed)
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            third_party = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            third_party |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
+                            if isinstance(n, ast.ImportFrom) and not n.level}
+            assert not third_party & {"torch", "numpy", "transformers"}, (name, third_party)
