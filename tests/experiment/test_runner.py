@@ -252,6 +252,7 @@ def test_runs_held_by_another_process_are_skipped_then_waited_for(tmp_path, tiny
     import threading
 
     from kallm.experiment.results import record_result
+    from kallm.folders.records import RunRecord
     from kallm.locks import held
 
     caplog.set_level(logging.INFO, logger="kallm")
@@ -285,13 +286,14 @@ def test_runs_held_by_another_process_are_skipped_then_waited_for(tmp_path, tiny
         assert finished_runs(out) == {"baseline"}
         locks["linear.seed0"].close()  # its holder died without recording it: this process does it
         wait_for("waiting for run kan.seed0")
-        record_result(out, {"run_id": "kan.seed0", "variant": "kan", "by": "the other process"})
+        record_result(out, RunRecord.from_dict({"run_id": "kan.seed0", "variant": "kan", "by": "the other process"}))
         locks["kan.seed0"].close()
         thread.join(timeout=300)
     assert not errors and not thread.is_alive()
     assert "run kan.seed0 was finished by another process" in caplog.text
     records = read_jsonl(out / "results.jsonl")
     assert sorted(r["run_id"] for r in records) == ["baseline", "kan.seed0", "linear.seed0"]
+    assert next(r for r in records if r["run_id"] == "kan.seed0")["by"] == "the other process"  # extra keys kept
     assert not (out / "runs" / "kan.seed0" / "train").exists()
 
 

@@ -103,11 +103,12 @@ def test_the_pareto_figure_plots_the_table(tmp_path):
 
 
 def test_only_a_randomly_initialised_full_size_linear_is_the_linear_restart():
+    from kallm.folders.records import RunRecord
     from kallm.report.heldout_comparisons import linear_restart_of
     from kallm.report.records import VariantSummary
 
     def summary(name, spec, init, same_as=None):
-        return VariantSummary(name, spec, init, [{"same_as": same_as}])
+        return VariantSummary(name, spec, init, [RunRecord(same_as=same_as)])
 
     tuned = summary("original-tuned", "linear", "original")
     fitted = summary("linear-fit", "linear", "distill")

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from kallm.errors import KallmError
+from kallm.folders.layout import MANIFEST
 from kallm.models.loading import load_model
 from kallm.retrofitting.fingerprint import base_fingerprint, fingerprint_difference, sample_indices
-from kallm.retrofitting.saving import MANIFEST, load_retrofit, save_retrofit
+from kallm.retrofitting.saving import load_retrofit, save_retrofit
 from kallm.retrofitting.surgery import retrofit
 from tests.tiny_models import make_tiny_model
 

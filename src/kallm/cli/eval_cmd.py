@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from kallm.folders import layout
 from kallm.runtime.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ def register(subparsers) -> None:
         "eval",
         help="evaluate a model or retrofit on BIG-Bench Hard",
         description="Evaluate on BIG-Bench Hard with lm-eval's prompts and scoring (zeroshot, fewshot, cot) or "
-                    "by answer log-likelihood (mc). Writes predictions.jsonl and scores.json to --out.",
+                    f"by answer log-likelihood (mc). Writes {layout.PREDICTIONS} and {layout.SCORES} to --out.",
     )
     p.add_argument("model", metavar="MODEL_OR_RETROFIT_DIR",
                    help="hub id, model folder, 'smollm2-135m-instruct', or a folder written by save_retrofit")
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
                    help="comma-separated task names, groups (multiple_choice, binary, free_form) or 'all'")
     p.add_argument("--mode", default="mc", help="zeroshot, fewshot, cot or mc (default: mc)")
     p.add_argument("--limit", type=int, default=None, help="first N examples of each task (as lm-eval --limit)")
-    p.add_argument("--out", type=Path, default=None, help="folder for predictions.jsonl and scores.json")
+    p.add_argument("--out", type=Path, default=None, help=f"folder for {layout.PREDICTIONS} and {layout.SCORES}")
     p.add_argument("--data-dir", default=None,
                    help="BBH folder in the official layout, or hf:lukaemon/bbh (default: $KALLM_BBH_DIR, "
                         "else ../shared/data/bbh)")

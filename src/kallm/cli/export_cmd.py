@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kallm.folders import layout
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="export a retrofit as a Hugging Face model folder that loads without kallm",
-        description="Write RETROFIT_DIR (a folder written by save_retrofit, or a run folder holding one in "
-                    "retrofit/) as OUT_DIR: full weights, config.json with an auto_map to the folder's own model "
-                    "code, tokenizer, generation config and a model card. Load it anywhere with "
+        description=f"Write RETROFIT_DIR (a folder written by save_retrofit, or a run folder holding one in "
+                    f"{layout.RETROFIT}/) as OUT_DIR: full weights, {layout.HF_CONFIG} with an auto_map to the "
+                    "folder's own model code, tokenizer, generation config and a model card. Load it anywhere with "
                     "AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True).")
     p.add_argument("retrofit_dir", type=Path, metavar="RETROFIT_DIR")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")

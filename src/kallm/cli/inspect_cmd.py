@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from kallm.retrofitting import defaults
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show what a retrofit would replace and train (no weights needed)")
     p.add_argument("model", help="hub id, local folder, or 'smollm2-135m-instruct' (embedded)")
-    p.add_argument("--layers", default="last:5", help="layer selection, e.g. last:5, 20-24, -1 (default last:5)")
+    p.add_argument("--layers", default=defaults.LAYERS,
+                   help=f"layer selection, e.g. last:5, 20-24, -1 (default {defaults.LAYERS})")
     p.add_argument("--variant", default="baseline", help="baseline | linear | kan:<spec>[@budget=...]")
-    p.add_argument("--freeze", default="ffn", help="ffn | blocks | blocks+embeddings | none (default ffn)")
+    p.add_argument("--freeze", default=defaults.FREEZE,
+                   help=f"ffn | blocks | blocks+embeddings | none (default {defaults.FREEZE})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kallm.folders import layout
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "report",
-        help="write report.md and plots for an experiment folder",
-        description="Write report.md (tables, paired comparison, provenance) and PNG plots for an "
-                    "experiment folder, computed only from its results.jsonl.",
+        help=f"write {layout.REPORT} and plots for an experiment folder",
+        description=f"Write {layout.REPORT} (tables, paired comparison, provenance) and PNG plots for an "
+                    f"experiment folder, computed only from its {layout.RESULTS}.",
     )
-    parser.add_argument("dir", type=Path, metavar="DIR", help="experiment folder holding results.jsonl")
+    parser.add_argument("dir", type=Path, metavar="DIR", help=f"experiment folder holding {layout.RESULTS}")
     parser.add_argument("-o", "--out", type=Path, default=None,
-                        help="report file to write (default: DIR/report.md); plots go to plots/ beside it")
+                        help=f"report file to write (default: DIR/{layout.REPORT}); plots go to "
+                             f"{layout.PLOTS}/ beside it")
     parser.set_defaults(func=run)
 
 

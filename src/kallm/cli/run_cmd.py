@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kallm.experiment import run_experiment
+    from kallm.folders.layout import ExperimentFolder
 
     result = run_experiment(args.config, shard=args.shard, dry_run=args.dry_run, force=args.force,
                             progress=args.progress, out=args.out)
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{str(row['hidden_width'] or '-'):>6} {row['trainable']:>12,} {row['total']:>13,}")
         print(f"\n{len(result)} runs")
         return 0
-    print(f"results: {result / 'results.jsonl'}")
+    print(f"results: {ExperimentFolder(result).results}")
     if args.report:
         from kallm.report import write_report
 

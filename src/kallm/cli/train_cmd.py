@@ -11,11 +11,14 @@ import argparse
 import dataclasses
 from typing import Any
 
+from kallm.data import DEFAULT_DATASET
+from kallm.folders import layout
+from kallm.retrofitting import defaults
 from kallm.runtime.precision import PRECISIONS
 from kallm.training.config import KD_POSITIONS, TrainConfig
 
-_RUN_KEYS = {"model": "smollm2-135m-instruct", "layers": "last:5", "variant": "kan:chebyshev2:2", "freeze": "ffn",
-             "data": "HuggingFaceTB/smol-smoltalk", "out": None, "resume": False}
+_RUN_KEYS = {"model": defaults.MODEL, "layers": defaults.LAYERS, "variant": defaults.VARIANT,
+             "freeze": defaults.FREEZE, "data": DEFAULT_DATASET, "out": None, "resume": False}
 _CHOICES = {"precision": PRECISIONS, "kd_positions": KD_POSITIONS}
 # TrainConfig fields exposed as flags (the rest are set in a config file's `train:` section).
 _TRAIN_FLAGS = ("steps", "batch_size", "grad_accum", "max_length", "lr", "weight_decay", "warmup_steps",
@@ -29,22 +32,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("--config", help="YAML file with the settings below (flags override it)")
     p.add_argument("--model", help=f"hub id, local folder, or the embedded default ({_RUN_KEYS['model']})")
-    p.add_argument("--layers", help="decoder layers to retrofit, e.g. last:5, 20-24 (default last:5)")
-    p.add_argument("--variant", help="baseline | linear | kan:<spec> (default kan:chebyshev2:2)")
-    p.add_argument("--freeze", help="ffn | blocks | blocks+embeddings | none (default ffn)")
+    p.add_argument("--layers", help=f"decoder layers to retrofit, e.g. last:5, 20-24 (default {defaults.LAYERS})")
+    p.add_argument("--variant", help=f"baseline | linear | kan:<spec> (default {defaults.VARIANT})")
+    p.add_argument("--freeze", help=f"ffn | blocks | blocks+embeddings | none (default {defaults.FREEZE})")
     p.add_argument("--data", nargs="+", help="hub dataset id, or .jsonl/.json/.parquet chat files or folders; "
                                              "for --loss kd also plain text (.txt, .jsonl with a text field) "
-                                             "(default HuggingFaceTB/smol-smoltalk)")
-    p.add_argument("--out", help="run folder: config, metrics.jsonl, checkpoints/, retrofit/")
+                                             f"(default {DEFAULT_DATASET})")
+    p.add_argument("--out", help=f"run folder: config, {layout.METRICS}, {layout.CHECKPOINTS}/, {layout.RETROFIT}/")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
-    defaults = TrainConfig()
+    train_defaults = TrainConfig()
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     for name in _TRAIN_FLAGS:
         kind = types[name]
         conv = int if "int" in str(kind) else float if "float" in str(kind) else str
         extra: dict[str, Any] = {"choices": _CHOICES[name]} if name in _CHOICES else {}
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=conv, default=None,
-                       help=f"(default {getattr(defaults, name)})", **extra)
+                       help=f"(default {getattr(train_defaults, name)})", **extra)
     p.add_argument("--prefix-cache", action="store_true", default=None,
                    help="cache the frozen prefix's hidden states (pays off over several epochs)")
     p.set_defaults(func=run)
@@ -53,10 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _relative_to_file(key: str, value: Any, lines) -> Any:
     """Paths in the file are relative to the file (like an experiment config's); flags stay relative to the
     working directory."""
-    import os
     from pathlib import Path
 
     from kallm.data.loading import source_in
+    from kallm.folders.relative import path_in
     from kallm.models.loading import model_in
 
     folder = Path(lines[key].file).resolve().parent
@@ -65,7 +68,7 @@ def _relative_to_file(key: str, value: Any, lines) -> Any:
     if key == "data" and isinstance(value, str | list):
         return [source_in(v, folder) if isinstance(v, str) else v for v in ([value] if isinstance(value, str) else value)]
     if key == "out" and isinstance(value, str):
-        return os.path.normpath(folder / value)
+        return str(path_in(value, folder))
     return value
 
 

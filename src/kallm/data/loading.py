@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 
 from kallm.data.sampling import draw_sample
 from kallm.errors import KallmError
+from kallm.folders.relative import path_in
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def looks_local(source: str) -> bool:
 def source_in(text: str, folder: Path) -> str | Path:
     """A data source written in a file in `folder`: a local path (made absolute against `folder`), or a hub
     dataset id as written."""
-    local = Path(os.path.normpath(folder / Path(text).expanduser()))
+    local = path_in(text, folder)
     return local if local.exists() or looks_local(text) else text
 
 

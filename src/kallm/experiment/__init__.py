@@ -20,8 +20,9 @@ from typing import Any
 
 from kallm.experiment.plan import parse_shard, plan_runs, shard_runs
 from kallm.experiment.preflight import preflight
-from kallm.experiment.results import RESULTS, finished_runs, prepare_output
+from kallm.experiment.results import finished_runs, prepare_output
 from kallm.experiment.schema import ExperimentConfig, load_experiment_config
+from kallm.folders.layout import ExperimentFolder
 
 log = logging.getLogger(__name__)
 
@@ -63,5 +64,5 @@ def run_experiment(
              f" (shard {shard})" if shard else "", len(runs) - len(todo), len(todo))
     start = time.perf_counter()
     runner.run(todo)
-    log.info("%s: done in %.1f s; results in %s", config.name, time.perf_counter() - start, out / RESULTS)
+    log.info("%s: done in %.1f s; results in %s", config.name, time.perf_counter() - start, ExperimentFolder(out).results)
     return out

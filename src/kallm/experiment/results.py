@@ -1,13 +1,9 @@
-"""An experiment folder's books: its bound config, `results.jsonl` (one record per finished run), locks.
+"""An experiment folder's books: its bound config, `results.jsonl` (one `RunRecord` per finished run), locks.
 
-    out/
-      config.json             resolved config, its hash, provenance (once a result exists, another config is refused)
-      results.jsonl           one record per finished run, appended atomically under a file lock (results.lock)
-      runs/<run_id>/.lock     held by the process working on that run (shards and repeated starts share a folder)
-      cache/                  frozen-prefix states and distillation activations, shared by all runs
-      runs/<run_id>/train/    metrics.jsonl, checkpoints (resumable), result.json
-      runs/<run_id>/eval/     predictions.jsonl, scores.json
-      runs/<run_id>/retrofit/ the trained retrofit (load with kallm.load_retrofit)
+The folder's layout is `kallm.folders.layout.ExperimentFolder`: the bound config (once a result exists,
+another config is refused), the results appended atomically under a file lock, one lock per run held by
+the process working on it (shards and repeated starts share a folder), the shared cache, and each run's
+train/, eval/ and retrofit/ folders.
 """
 
 from __future__ import annotations
@@ -16,14 +12,14 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from kallm.errors import KallmError
 from kallm.experiment.schema import ExperimentConfig
+from kallm.folders.layout import ExperimentFolder, lock_of
+from kallm.folders.records import RunRecord, read_run_records
 from kallm.io import (
     append_jsonl_atomic,
     read_json,
-    read_jsonl,
     remove_stale_temps,
     write_json_atomic,
     write_text_atomic,
@@ -33,41 +29,38 @@ from kallm.provenance import run_info
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.jsonl"
-CONFIG = "config.json"
-
-
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock for read-modify-write of `path` (shards may share one folder)."""
-    with held(path.with_suffix(".lock")):
+    with held(lock_of(path)):
         yield
 
 
-def read_results(out: Path) -> list[dict[str, Any]]:
-    """The records of `out/results.jsonl`; a line cut off by an interrupted write is skipped with a warning."""
-    return read_jsonl(out / RESULTS, skip_bad_lines=True)
+def read_results(out: Path) -> list[RunRecord]:
+    """The records of the folder's results; a line cut off by an interrupted write is skipped with a warning."""
+    return read_run_records(ExperimentFolder(out).results)
 
 
 def finished_runs(out: Path) -> set[str]:
-    return {r["run_id"] for r in read_results(out) if "run_id" in r}
+    return {r.run_id for r in read_results(out) if r.run_id is not None}
 
 
-def record_result(out: Path, record: dict[str, Any]) -> None:
+def record_result(out: Path, record: RunRecord) -> None:
     """Append one record unless that run is already recorded (exactly one record per run)."""
-    results = out / RESULTS
+    results = ExperimentFolder(out).results
     with locked(results):
-        if record["run_id"] in finished_runs(out):
-            log.warning("run %s is already recorded; keeping the first record", record["run_id"])
+        if record.run_id in finished_runs(out):
+            log.warning("run %s is already recorded; keeping the first record", record.run_id)
             return
-        append_jsonl_atomic(results, [record])
+        append_jsonl_atomic(results, [record.to_dict()])
 
 
 def prepare_output(config: ExperimentConfig, out: Path, force: bool = False) -> None:
     """Bind the folder to `config` (config.json). Once it holds a result, another config is refused (unless
     `force`); until then it is rebound, so a config fixed after a failed start is welcome."""
-    path = out / CONFIG
-    with locked(out / RESULTS):
+    folder = ExperimentFolder(out)
+    path = folder.config
+    with locked(folder.results):
         remove_stale_temps(out)  # under the books' lock: no other process is writing them now
         if path.is_file():
             saved = read_json(path, "experiment config")
@@ -83,4 +76,4 @@ def prepare_output(config: ExperimentConfig, out: Path, force: bool = False) -> 
         write_json_atomic(path, {"config": config.to_dict(), "config_hash": config.config_hash,
                                  "source": str(config.source), "notes": config.notes, **run_info()})
         if config.notes:
-            write_text_atomic(out / "notes.md", config.notes.strip() + "\n")
+            write_text_atomic(folder.notes, config.notes.strip() + "\n")

@@ -9,7 +9,7 @@ are computed once for the training data (train.prefix_cache) and for the evaluat
 read is rebuilt, with a warning.
 
 Several processes may run one grid into one folder (shards, or the same command started twice). Each
-run is done under its lock (`runs/<run_id>/.lock`): a process skips the runs another one holds, does
+run is done under its lock (`GridRunFolder.lock`): a process skips the runs another one holds, does
 the rest, then waits for the skipped ones, each of which it does itself only if nobody recorded it.
 """
 
@@ -38,13 +38,14 @@ from kallm.distill.teacher import build_teacher
 from kallm.errors import KallmError
 from kallm.evaluation.bbh import evaluate_bbh, load_tasks
 from kallm.evaluation.bbh.chance import chance_levels
-from kallm.evaluation.heldout.scoring import HeldoutScore
 from kallm.evaluation.heldout.sets import GridHeldout, heldout_record, write_scores
 from kallm.experiment.data_record import batch_counts, fitting_order, training_counts
 from kallm.experiment.eval_cache import CachedPrefixForward
 from kallm.experiment.plan import PlannedRun
-from kallm.experiment.results import finished_runs, locked, record_result
+from kallm.experiment.results import finished_runs, record_result
 from kallm.experiment.schema import EvalConfig, ExperimentConfig
+from kallm.folders.layout import ExperimentFolder, GridRunFolder, cache_file
+from kallm.folders.records import HeldoutScores, RunRecord, read_heldout_scores
 from kallm.io import read_json, remove_stale_temps, write_json_atomic
 from kallm.locks import Busy, held
 from kallm.models.loading import load_model, model_source, resolve_device
@@ -61,7 +62,6 @@ from kallm.runtime.precision import resolve_precision
 from kallm.training import train_model
 from kallm.training.checkpoint import latest_checkpoint
 from kallm.training.examples import prepare_data
-from kallm.training.state import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class GridRunner:
         # Resolved once per grid: every run, cache and record of the grid uses the same arithmetic.
         self.train_precision = resolve_precision(config.train.precision, self.device)
         self.eval_precision = resolve_precision(config.eval.precision, self.device)
-        self.cache_dir = out / "cache"
+        self.folder = ExperimentFolder(out)
+        self.cache_dir = self.folder.cache
         self.heldout = GridHeldout(config, self.cache_dir, self.cache_lock, self.eval_precision, progress)
         self._loaded: ConversationSet | TextSet | None = None
         self._conversations: ConversationSet | TextSet | None = None
@@ -115,7 +116,7 @@ class GridRunner:
 
     def cache_lock(self):
         """Held while a cache file is written (or stale temporary ones removed): processes share cache/."""
-        return locked(self.cache_dir / "cache")
+        return held(self.folder.cache_lock)
 
     def train_prefix_cache(self, model: nn.Module, layer_index: int) -> PrefixCache:
         """One cache of training-data prefix states for the whole grid, kept on disk between runs."""
@@ -127,8 +128,7 @@ class GridRunner:
 
     def _cache_file(self, stem: str) -> Path:
         """A grid cache file of training-side states; a bf16 grid's are kept apart from float32 ones."""
-        suffix = "" if self.train_precision.name == "fp32" else f"-{self.train_precision.name}"
-        return self.cache_dir / f"{stem}{suffix}.safetensors"
+        return cache_file(self.cache_dir, stem, self.train_precision.name)
 
     def save_train_cache(self) -> None:
         if self._train_cache is not None and len(self._train_cache):
@@ -229,56 +229,53 @@ class GridRunner:
         bar.close()
 
     def run_lock(self, run: PlannedRun) -> Path:
-        return self.out / "runs" / run.run_id / ".lock"
+        return self.folder.run(run.run_id).lock
 
-    def run_locked(self, run: PlannedRun, wait: bool) -> dict[str, Any] | None:
+    def run_locked(self, run: PlannedRun, wait: bool) -> RunRecord | None:
         """`run_one` under the run's lock, unless another process recorded the run meanwhile (then None)."""
-        run_dir = self.out / "runs" / run.run_id
         with held(self.run_lock(run), wait=wait):
             if run.run_id in finished_runs(self.out):
                 log.info("run %s was finished by another process", run.run_id)
                 return None
-            for folder in (run_dir, run_dir / "train", run_dir / "retrofit", run_dir / "eval"):
+            for folder in self.folder.run(run.run_id).folders():
                 remove_stale_temps(folder)  # ours now: whatever a killed process left half-written goes
             return self.run_one(run)
 
-    def run_one(self, run: PlannedRun) -> dict[str, Any]:
+    def run_one(self, run: PlannedRun) -> RunRecord:
         start = time.perf_counter()
-        run_dir = self.out / "runs" / run.run_id
+        folder = self.folder.run(run.run_id)
         v = run.variant
         log.info("run %s: %s (init %s)", run.run_id, run.spec, v.init)
         model, tokenizer = self.load_base()
-        record: dict[str, Any] = {"run_id": run.run_id, "variant": v.name, "spec": str(run.spec),
-                                  "kind": run.spec.kind, "init": v.init, "seed": run.seed,
-                                  "same_as": v.same_as, "curriculum": v.curriculum}
-        scores: dict = {}
+        record = RunRecord(run_id=run.run_id, variant=v.name, spec=str(run.spec), kind=run.spec.kind, init=v.init,
+                           seed=run.seed, same_as=v.same_as, curriculum=v.curriculum)
+        scores: HeldoutScores = {}
         if not v.trained:
             report = retrofit(model, layers=self.config.layers, variant=run.spec, freeze=self.config.freeze)
         else:
-            report, record["distill"], record["train"] = self._train(run, model, tokenizer, run_dir, scores)
-            save_retrofit(model, run_dir / "retrofit", base_model=model_source(self.config.model_path()),
+            report, record.distill, record.train = self._train(run, model, tokenizer, folder, scores)
+            save_retrofit(model, folder.retrofit.root, base_model=model_source(self.config.model_path()),
                           overwrite=True)
         scores["final"] = self.score_heldout(model, tokenizer, report)
-        write_scores(run_dir, scores)
-        record["heldout"] = heldout_record(scores["final"])
-        record["heldout_init"] = heldout_record(scores.get("init", {}))
-        record["data"] = self.data_record(tokenizer, fitted=v.init == "distill")
-        record["params"] = {"total": report.total_params,
-                            "trainable": report.trainable_params if v.trained else 0,
-                            "replaced_old": report.replaced_old_params, "replaced_new": report.replaced_new_params,
-                            "hidden_width": report.hidden_width}
-        record.update(self._evaluate(model, tokenizer, report, run_dir / "eval"))
+        write_scores(folder.root, scores)
+        record.heldout = heldout_record(scores["final"])
+        record.heldout_init = heldout_record(scores.get("init", {}))
+        record.data = self.data_record(tokenizer, fitted=v.init == "distill")
+        record.params = {"total": report.total_params, "trainable": report.trainable_params if v.trained else 0,
+                         "replaced_old": report.replaced_old_params, "replaced_new": report.replaced_new_params,
+                         "hidden_width": report.hidden_width}
+        record.metric, record.scores, record.eval = self._evaluate(model, tokenizer, report, folder.eval.root)
         info = run_info()
-        record.update({"config_hash": self.config.config_hash, "versions": info["versions"],
-                       "git_commit": info["git_commit"], "time": info["time"], "device": info["device_name"],
-                       "wall_s": time.perf_counter() - start})
+        record.config_hash, record.versions = self.config.config_hash, info["versions"]
+        record.git_commit, record.time, record.device = info["git_commit"], info["time"], info["device_name"]
+        record.wall_s = time.perf_counter() - start
         record_result(self.out, record)
         return record
 
-    def _distill(self, run: PlannedRun, model: nn.Module, io, run_dir: Path) -> dict[str, Any] | None:
+    def _distill(self, run: PlannedRun, model: nn.Module, io, folder: GridRunFolder) -> dict[str, Any] | None:
         """Fit the new FFNs (once per run): to the recorded activations (`io`, layerwise) or bottom-up on
         the retrofit's own states (`io` is then the batches, sequential); or read the earlier fit's record."""
-        distill_file = run_dir / "distill.json"
+        distill_file = folder.distill
         if io is None:
             return read_json(distill_file, "distillation record") if distill_file.is_file() else None
         cfg = self.config.distill or DistillConfig()
@@ -296,22 +293,20 @@ class GridRunner:
         write_json_atomic(distill_file, record)
         return record
 
-    def _initial_scores(self, model: nn.Module, tokenizer, report: RetrofitReport, run_dir: Path,
+    def _initial_scores(self, model: nn.Module, tokenizer, report: RetrofitReport, folder: GridRunFolder,
                         has_checkpoint: bool) -> dict:
         """Held-out scores right after initialisation: computed before training, read back on resume."""
         if not self.config.eval.heldout_before_training:
             return {}
-        path = run_dir / "heldout.json"
         if has_checkpoint:
-            saved = read_json(path, "held-out scores") if path.is_file() else {}
-            return {name: HeldoutScore.from_dict(d) for name, d in saved.get("init", {}).items()}
+            return read_heldout_scores(folder.heldout).get("init", {})
         init = self.score_heldout(model, tokenizer, report)
-        write_scores(run_dir, {"init": init})
+        write_scores(folder.root, {"init": init})
         return init
 
-    def _train(self, run: PlannedRun, model: nn.Module, tokenizer, run_dir: Path, scores: dict):
+    def _train(self, run: PlannedRun, model: nn.Module, tokenizer, folder: GridRunFolder, scores: HeldoutScores):
         v, seed = run.variant, int(run.seed)
-        files = RunFiles(run_dir / "train")
+        files = folder.train
         resuming = files.config.is_file()
         has_checkpoint = latest_checkpoint(files.checkpoints) is not None
         fresh_distill = v.init == "distill" and not has_checkpoint
@@ -322,8 +317,8 @@ class GridRunner:
         io = self.distill_batches(tokenizer) if fresh_distill and sequential else io
         if v.init == "original" and not has_checkpoint:
             restore_original_weights(model)
-        distill_record = self._distill(run, model, io, run_dir)
-        scores["init"] = self._initial_scores(model, tokenizer, report, run_dir, has_checkpoint)
+        distill_record = self._distill(run, model, io, folder)
+        scores["init"] = self._initial_scores(model, tokenizer, report, folder, has_checkpoint)
         tcfg = self.config.train.train_config(seed)
         k = report.first_trainable_layer
         shared = self.train_prefix_cache(model, k) if tcfg.prefix_cache and k else None
@@ -331,7 +326,7 @@ class GridRunner:
         meta = {"experiment": self.config.name, "run_id": run.run_id, "variant": str(report.variant),
                 "layers": self.config.layers, "freeze": self.config.freeze, "init": v.init,
                 "data": self.data_record(tokenizer, fitted=False)["train"]}
-        result = train_model(model, tokenizer, self.conversations(tokenizer), tcfg, files.out, resume=resuming,
+        result = train_model(model, tokenizer, self.conversations(tokenizer), tcfg, files.root, resume=resuming,
                              progress=self.progress, callbacks=callbacks, prefix_cache=shared, run_meta=meta)
         self.save_train_cache()
         if v.curriculum:  # the modules now have the final degree; the manifest must say so
@@ -342,7 +337,9 @@ class GridRunner:
             distill_record["eval_loss_after"] = result.initial_eval_loss
         return report, distill_record, train_record
 
-    def _evaluate(self, model: nn.Module, tokenizer, report: RetrofitReport, eval_dir: Path) -> dict[str, Any]:
+    def _evaluate(self, model: nn.Module, tokenizer, report: RetrofitReport,
+                  eval_dir: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """(the record's metric, scores, eval) of BIG-Bench Hard; predictions and scores go to `eval_dir`."""
         ecfg = self.config.eval
         model.eval()
         forward = self.eval_forward(model, report)
@@ -356,11 +353,9 @@ class GridRunner:
         summary = summarise_scores(scores, ecfg)
         summary["scores"]["chance"] = self.chance_levels()
         summary["scores"]["n"] = {task: row["n"] for task, row in scores["tasks"].items()}
-        return {**summary, "eval": {"mode": ecfg.mode, "limit": ecfg.limit,
-                                                            "chat_template": ecfg.chat_template,
-                                                            "n_examples": scores["counts"]["examples"],
-                                                            "precision": self.eval_precision.to_dict(),
-                                                            "wall_s": wall}}
+        return summary["metric"], summary["scores"], {
+            "mode": ecfg.mode, "limit": ecfg.limit, "chat_template": ecfg.chat_template,
+            "n_examples": scores["counts"]["examples"], "precision": self.eval_precision.to_dict(), "wall_s": wall}
 
 
 def summarise_scores(scores: dict[str, Any], ecfg: EvalConfig) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,12 @@ from kallm.errors import KallmError
 from kallm.evaluation.bbh.evaluate import EvalSettings
 from kallm.evaluation.bbh.tasks import DEFAULT_HUB_ID, HUB_PREFIX
 from kallm.experiment.validate import check_curriculum_steps, check_metric, check_tasks
+from kallm.folders.layout import DEFAULT_HELDOUT_SET, default_experiment_folder, heldout_set_name
+from kallm.folders.relative import path_in
 from kallm.models.loading import check_device_name, model_in
 from kallm.provenance import config_hash
 from kallm.registry import Registry, unknown_name_message
+from kallm.retrofitting import defaults
 from kallm.retrofitting.curriculum import DegreeSchedule, check_schedule_for, start_variant, validate_schedule
 from kallm.retrofitting.variant import Budget, VariantSpec
 from kallm.runtime.precision import precision_problem
@@ -102,9 +104,9 @@ class EvalConfig(EvalSettings):
         if isinstance(self.heldout_batch_size, bool) or self.heldout_batch_size < 1:
             raise FieldError("heldout_batch_size", f"must be an integer >= 1, got {self.heldout_batch_size!r}")
         self._check_text_protocol()
-        names = [Path(p).stem for p in self.heldout]
+        names = [heldout_set_name(p) for p in self.heldout]
         for i, name in enumerate(names):
-            ours = name == "heldout" or name.startswith("heldout:")
+            ours = name == DEFAULT_HELDOUT_SET or name.startswith(f"{DEFAULT_HELDOUT_SET}:")
             if name in names[:i] or ours:
                 raise FieldError(f"heldout[{i}]", f"held-out sets are named by file name: {name!r} is taken "
                                                   f"({'by the carved sets' if ours else 'by another file'})")
@@ -212,8 +214,8 @@ class ExperimentConfig:
     output_dir: str | None = None  # default: runs/<name>, relative to the working directory at run time
     dtype: Dtype = "float32"
     device: str = "auto"
-    layers: str = "last:5"
-    freeze: Freeze = "ffn"
+    layers: str = defaults.LAYERS
+    freeze: Freeze = defaults.FREEZE
     seeds: list[int] = field(default_factory=lambda: [0])
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -226,7 +228,7 @@ class ExperimentConfig:
         if not self.name.strip():
             raise FieldError("name", "must not be empty")
         if self.output_dir is None:
-            self.output_dir = f"runs/{self.name}"
+            self.output_dir = default_experiment_folder(self.name)
         if not self.output_dir.strip():
             raise FieldError("output_dir", "must not be empty (leave it out for runs/<name>)")
         if not self.model.strip():
@@ -273,8 +275,7 @@ class ExperimentConfig:
         return self.source.resolve().parent if self.source is not None else Path.cwd()
 
     def _path(self, key: str, text: str) -> Path:
-        path = Path(text).expanduser()
-        return Path(os.path.normpath(path if path.is_absolute() else self.base_dir(key) / path))
+        return path_in(text, self.base_dir(key))
 
     def output_path(self) -> Path:
         """`output_dir` as an absolute path."""

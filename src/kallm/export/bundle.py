@@ -37,7 +37,7 @@ class {config_class}({base_config}):
 
 _MODELING_TEMPLATE = '''"""The model class of this kallm retrofit (written by `kallm export`, kallm {version}).
 
-{base_class} with the FFNs listed in config.json's "kallm" section rebuilt as kallm built them;
+{base_class} with the FFNs listed in the config's "kallm" section rebuilt as kallm built them;
 the code that does so is kallm_export_portable.py and the kallm_*.py files beside it.
 """
 

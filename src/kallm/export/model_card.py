@@ -11,35 +11,37 @@ from pathlib import Path
 from typing import Any
 
 from kallm import __version__
-from kallm.io import read_jsonl
+from kallm.folders.layout import HF_CONFIG, ExperimentFolder
+from kallm.folders.records import RunRecord, read_run_records
 from kallm.models.loading import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from kallm.retrofitting.surgery_report import RetrofitReport
 
 
-def _grid_records(folder: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(this run's record, the grid's untouched-baseline record) when `folder` sits in a grid's runs/."""
+def _grid_records(folder: Path) -> tuple[RunRecord | None, RunRecord | None]:
+    """(this run's record, the grid's untouched-baseline record) when `folder` is a grid run's retrofit."""
     run_dir = folder.resolve().parent
-    if run_dir.parent.name != "runs":
+    grid = ExperimentFolder.of_run(run_dir)
+    if grid is None:
         return None, None
-    rows = read_jsonl(run_dir.parent.parent / "results.jsonl")
-    own = next((r for r in rows if r.get("run_id") == run_dir.name), None)
-    baseline = next((r for r in rows if r.get("kind") == "baseline"), None)
+    rows = read_run_records(grid.results)
+    own = next((r for r in rows if r.run_id == run_dir.name), None)
+    baseline = next((r for r in rows if r.kind == "baseline"), None)
     return own, baseline
 
 
 def known_results(folder: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """{"held_out": {...}, "bbh": {...}} as far as the retrofit folder's manifest and grid record tell."""
     record, baseline = _grid_records(Path(folder))
-    training = (record or {}).get("train") or manifest.get("training")
+    training = (record.train if record else None) or manifest.get("training")
     results: dict[str, Any] = {}
     if training and training.get("final_eval_loss") is not None:
         results["held_out"] = {key: training.get(key) for key in
                                ("initial_eval_loss", "final_eval_loss", "final_train_loss", "steps", "tokens")}
-    if record and isinstance(record.get("scores"), dict):
-        results["bbh"] = {"metric": record.get("metric"), "average": record["scores"].get("average"),
-                          "per_task": record["scores"].get("per_task") or {}, **(record.get("eval") or {})}
-        if baseline and isinstance(baseline.get("scores"), dict):
-            results["bbh"]["baseline_average"] = baseline["scores"].get("average")
+    if record and isinstance(record.scores, dict):
+        results["bbh"] = {"metric": record.metric, "average": record.scores.get("average"),
+                          "per_task": record.scores.get("per_task") or {}, **(record.eval or {})}
+        if baseline and isinstance(baseline.scores, dict):
+            results["bbh"]["baseline_average"] = baseline.scores.get("average")
     return results
 
 
@@ -105,7 +107,7 @@ def model_card(title: str, base_model: str, info: dict[str, Any], report: Retrof
              "`configuration_kallm.py`, and the `kallm_*.py` files: kallm's own KAN layer code, copied). "
              "`model.freeze_like_retrofit()` sets `requires_grad` as kallm trained it, for further training "
              "with your own stack. The model type is `kallm_<base>`, so loading without `trust_remote_code=True` "
-             "fails rather than build the base model without its new FFNs (AutoTokenizer reads config.json "
+             f"fails rather than build the base model without its new FFNs (AutoTokenizer reads {HF_CONFIG} "
              "too, hence the flag there).\n\nEvaluate it with lm-evaluation-harness:\n\n```bash\nlm_eval --model hf "
              f"--model_args pretrained={title},trust_remote_code=True --tasks bbh_zeroshot --batch_size 8\n```\n")
     how = (f"Made with kallm {info['kallm_version']} from `{base_model}`: variant `{info['variant']}`, layers "

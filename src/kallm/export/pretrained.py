@@ -27,11 +27,12 @@ from kallm.errors import KallmError
 from kallm.export.bundle import CONFIG_FILE, MODELING_FILE, class_names, write_code
 from kallm.export.model_card import known_results, model_card
 from kallm.export.portable import CONFIG_KEY, EXPORT_FORMAT, EXPORT_FORMAT_VERSION, REBUILDERS
+from kallm.folders.layout import HF_CONFIG, MODEL_CARD, TrainingFolder
 from kallm.io import read_json, replace_dir_atomic, write_json_atomic, write_text_atomic
 from kallm.models.loading import loaded_from
 from kallm.retrofitting.arch import find_decoder_layers, find_ffn
 from kallm.retrofitting.ffn import RetrofitFFN
-from kallm.retrofitting.saving import MANIFEST, load_retrofit, read_manifest
+from kallm.retrofitting.saving import is_retrofit_dir, load_retrofit, read_manifest
 from kallm.retrofitting.surgery_report import RetrofitReport, retrofit_report
 from kallm.retrofitting.variant import VARIANT_KINDS
 
@@ -45,8 +46,9 @@ _VERIFY_TOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 def retrofit_folder(path: str | Path) -> Path:
     """A retrofit folder, or a run folder that holds one in `retrofit/` (what `kallm train --out` makes)."""
     folder = Path(path)
-    if not (folder / MANIFEST).is_file() and (folder / "retrofit" / MANIFEST).is_file():
-        return folder / "retrofit"
+    inner = TrainingFolder(folder).retrofit
+    if not is_retrofit_dir(folder) and is_retrofit_dir(inner):
+        return inner
     read_manifest(folder)  # names what is missing
     return folder
 
@@ -99,11 +101,11 @@ def _check_exportable(model: nn.Module) -> tuple[str, str]:
 def _write_config(folder: Path, model: nn.Module, info: dict[str, Any]) -> None:
     model_class, config_class, model_type = class_names(info["base_class"], type(model.config).__name__,
                                                         info["base_model_type"])
-    config = read_json(folder / "config.json", "exported config")
+    config = read_json(folder / HF_CONFIG, "exported config")
     config.update({"model_type": model_type, "architectures": [model_class], CONFIG_KEY: info,
                    "auto_map": {"AutoConfig": f"{CONFIG_FILE.removesuffix('.py')}.{config_class}",
                                 "AutoModelForCausalLM": f"{MODELING_FILE.removesuffix('.py')}.{model_class}"}})
-    write_json_atomic(folder / "config.json", config)
+    write_json_atomic(folder / HF_CONFIG, config)
 
 
 def _check_input(model: nn.Module) -> torch.Tensor:
@@ -171,7 +173,7 @@ def _write_folder(folder: Path, model: nn.Module, tokenizer: Any, info: dict[str
     write_code(folder, info["base_class"], type(model.config).__name__, info["base_model_type"])
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    write_text_atomic(folder / "README.md", card)
+    write_text_atomic(folder / MODEL_CARD, card)
     if verify:
         diff = verify_export(folder, model)
         log.info("export check: the folder loads through transformers' remote code; max |logit difference| to "

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from kallm.errors import KallmError
+from kallm.folders.layout import HF_CONFIG, HF_WEIGHTS
+from kallm.folders.relative import path_in
 from kallm.io import replace_dir_atomic
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def embedded_model_dir() -> Path:
     """A safetensors folder of the embedded model, converted from GGUF on first use."""
     gguf = embedded_gguf_path()
     target = cache_dir() / f"{EMBEDDED_MODEL}-{EMBEDDED_VERSION}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if (target / HF_CONFIG).is_file() and (target / HF_WEIGHTS).is_file():
         return target
     log.info("converting %s to a safetensors folder at %s (once)", gguf.name, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,7 +128,7 @@ def model_in(text: str, folder: Path) -> str:
     absolute path against `folder`."""
     if text.lower() in EMBEDDED_ALIASES:
         return text
-    local = Path(os.path.normpath(folder / Path(text).expanduser()))
+    local = path_in(text, folder)
     return str(local) if local.exists() or names_local_path(text) else text
 
 
@@ -145,8 +147,8 @@ def checked_model_path(name_or_path: str) -> str:
     local = Path(path).expanduser()
     if names_local_path(path) and not local.exists():
         raise KallmError(f"model folder {path!r} does not exist (and it is not a hub id like 'org/name')")
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise KallmError(f"{path!r} is a folder but has no config.json; is it a Hugging Face model folder?")
+    if local.is_dir() and not (local / HF_CONFIG).is_file():
+        raise KallmError(f"{path!r} is a folder but has no {HF_CONFIG}; is it a Hugging Face model folder?")
     return str(local) if local.exists() else path
 
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from kallm.errors import KallmError
-from kallm.io import read_json
+from kallm.folders.layout import DEFAULT_HELDOUT_SET, HELDOUT, ExperimentFolder
+from kallm.folders.records import read_heldout_scores
 from kallm.report.records import VariantSummary
 from kallm.report.stats import DifferenceCI, HeldoutRuns, nll_difference_ci
 
 log = logging.getLogger(__name__)
 
 N_RESAMPLES = 10_000
-HELDOUT_FILE = "heldout.json"
-DEFAULT_SET = "heldout"
+HELDOUT_FILE = HELDOUT
 
 
 @dataclass(frozen=True)
@@ -34,22 +34,20 @@ class HeldoutComparison:
 
 
 def load_runs(run_dir: Path, summary: VariantSummary, stage: str = "final",
-              set_name: str = DEFAULT_SET) -> tuple[list[str], HeldoutRuns] | None:
+              set_name: str = DEFAULT_HELDOUT_SET) -> tuple[list[str], HeldoutRuns] | None:
     """(conversation keys, the variant's runs) on one held-out set, or None when its runs have none."""
     keys: list[str] | None = None
     sums, tokens = [], None
     for record in summary.records:
-        path = run_dir / "runs" / str(record.get("run_id")) / HELDOUT_FILE
-        if not path.is_file():
-            continue
-        scored = read_json(path, "held-out scores").get(stage, {}).get(set_name)
+        path = ExperimentFolder(run_dir).run(str(record.run_id)).heldout
+        scored = read_heldout_scores(path).get(stage, {}).get(set_name)
         if not scored:
             continue
-        if keys is not None and scored["keys"] != keys:
+        if keys is not None and scored.keys != keys:
             raise KallmError(f"{path}: scored on other held-out conversations than the variant's other runs")
-        keys = scored["keys"]
-        sums.append(np.asarray(scored["nll_sums"], dtype=np.float64))
-        tokens = np.asarray(scored["n_tokens"], dtype=np.float64)
+        keys = scored.keys
+        sums.append(np.asarray(scored.nll_sums, dtype=np.float64))
+        tokens = np.asarray(scored.n_tokens, dtype=np.float64)
     if keys is None:
         return None
     return keys, HeldoutRuns(np.stack(sums), tokens)

@@ -14,6 +14,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from kallm.folders.records import RunRecord
 from kallm.io import write_with_atomic
 from kallm.report.records import VariantSummary, all_tasks, get, number
 from kallm.report.stats import PairedComparison
@@ -142,14 +143,14 @@ def comparison_figure(comparisons: list[PairedComparison]) -> Figure | None:
     return fig
 
 
-def read_metrics(run_dir: Path, record: dict[str, Any]) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+def read_metrics(run_dir: Path, record: RunRecord) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """(train [(step, loss)], held-out [(step, eval_loss)]) from a run's metrics.jsonl, if present."""
     rel = get(record, "train.metrics_path")
     if not rel:
         return [], []
     path = Path(rel) if Path(rel).is_absolute() else run_dir / rel
     if not path.is_file():
-        logger.warning("metrics file %s of run %s not found; no loss curve for it", path, record.get("run_id"))
+        logger.warning("metrics file %s of run %s not found; no loss curve for it", path, record.run_id)
         return [], []
     train, held_out = [], []
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -1,4 +1,5 @@
-"""Reading `results.jsonl` and summarising it per variant; missing fields become None, never errors."""
+"""Reading an experiment's results (`RunRecord`s) and summarising them per variant; missing fields become
+None, never errors."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ from pathlib import Path
 from typing import Any
 
 from kallm.errors import KallmError
-from kallm.io import read_jsonl
+from kallm.folders.layout import RESULTS, ExperimentFolder
+from kallm.folders.records import RunRecord, read_run_records
 from kallm.report.stats import PairKey, mean_std
 from kallm.retrofitting.variant import VariantSpec, parse_variant
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.jsonl"
+RESULTS_FILE = RESULTS
 
 
-def get(record: Any, dotted: str) -> Any:
+def get(record: RunRecord | dict[str, Any], dotted: str) -> Any:
     """`get(r, "train.wall_s")`: the nested value, or None when any level is missing or null."""
-    value = record
+    if isinstance(record, RunRecord):
+        return record.get(dotted)
+    value: Any = record
     for part in dotted.split("."):
         if not isinstance(value, dict):
             return None
@@ -34,18 +38,18 @@ def number(value: Any) -> float | None:
     return float(value)
 
 
-def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of `run_dir/results.jsonl`; a run recorded twice (a rerun) keeps its last record."""
-    path = Path(run_dir) / RESULTS_FILE
+def load_results(run_dir: str | Path) -> list[RunRecord]:
+    """The records of experiment folder `run_dir`; a run recorded twice (a rerun) keeps its last record."""
+    path = ExperimentFolder(Path(run_dir)).results
     if not path.is_file():
         raise KallmError(f"no {RESULTS_FILE} in {run_dir}: run the experiment first (kallm run CONFIG)")
-    rows = read_jsonl(path, skip_bad_lines=True)  # a line cut off by an interrupted write is skipped, and said
-    by_id: dict[str, dict[str, Any]] = {}
+    rows = read_run_records(path)  # a line cut off by an interrupted write is skipped, and said
+    by_id: dict[str, RunRecord] = {}
     for i, row in enumerate(rows):
-        if not row.get("variant"):
+        if not row.variant:
             logger.warning("%s: record %d has no 'variant'; skipped", path, i + 1)
             continue
-        run_id = row.get("run_id") or f"{row['variant']}.seed{row.get('seed')}"
+        run_id = row.run_id or f"{row.variant}.seed{row.seed}"
         by_id.pop(run_id, None)  # re-insert so the order follows the latest write
         by_id[run_id] = row
     if len(by_id) < len(rows):
@@ -61,7 +65,7 @@ class VariantSummary:
     name: str
     spec: str | None
     init: str | None
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[RunRecord] = field(default_factory=list)
 
     @property
     def variant(self) -> VariantSpec | None:
@@ -103,7 +107,7 @@ class VariantSummary:
 
     @property
     def metric(self) -> str | None:
-        metrics = {r.get("metric") for r in self.records if r.get("metric")}
+        metrics = {r.metric for r in self.records if r.metric}
         return ", ".join(sorted(metrics)) if metrics else None
 
     @property
@@ -118,7 +122,7 @@ class VariantSummary:
 
     @property
     def seeds(self) -> list[int | None]:
-        return [r.get("seed") for r in self.records]
+        return [r.seed for r in self.records]
 
     def task_scores(self) -> dict[PairKey, float]:
         """(seed, task) -> accuracy, for the paired comparison."""
@@ -127,7 +131,7 @@ class VariantSummary:
             per_task = get(r, "scores.per_task") or {}
             for task, value in per_task.items():
                 if number(value) is not None:
-                    out[(r.get("seed"), task)] = float(value)
+                    out[(r.seed, task)] = float(value)
         return out
 
     def per_task(self) -> dict[str, tuple[float | None, float | None, int]]:
@@ -159,13 +163,13 @@ class VariantSummary:
         return mean_std(self.numbers("train.wall_s"))
 
 
-def summarise(records: list[dict[str, Any]]) -> list[VariantSummary]:
+def summarise(records: list[RunRecord]) -> list[VariantSummary]:
     """One summary per variant, in the order variants first appear in the results."""
     summaries: dict[str, VariantSummary] = {}
     for r in records:
-        name = str(r["variant"])
+        name = str(r.variant)
         if name not in summaries:
-            summaries[name] = VariantSummary(name, r.get("spec"), r.get("init"))
+            summaries[name] = VariantSummary(name, r.spec, r.init)
         summaries[name].records.append(r)
     return list(summaries.values())
 
@@ -181,7 +185,7 @@ def all_tasks(summaries: list[VariantSummary]) -> list[str]:
     return sorted({task for s in summaries for (_, task) in s.task_scores()})
 
 
-def distinct(records: list[dict[str, Any]], dotted: str) -> list[Any]:
+def distinct(records: list[RunRecord], dotted: str) -> list[Any]:
     """The distinct values of a field, in order of appearance (dicts compared by content)."""
     seen: list[str] = []
     out: list[Any] = []

@@ -72,8 +72,8 @@ def main_table(summaries: list[VariantSummary]) -> str:
               "peak memory", "train time (mean)"]
     rows = []
     for s in summaries:
-        kinds = sorted({str(r["train"]["memory_kind"]) for r in s.records
-                        if isinstance(r.get("train"), dict) and r["train"].get("memory_kind")})
+        kinds = sorted({str(r.train["memory_kind"]) for r in s.records
+                        if isinstance(r.train, dict) and r.train.get("memory_kind")})
         rows.append([
             s.name, f"`{s.spec}`" if s.spec else DASH, fmt_acc(*s.accuracy),
             fmt_count(s.first("params.trainable")), fmt_count(s.first("params.total")),
@@ -132,7 +132,7 @@ def distill_table(summaries: list[VariantSummary]) -> str | None:
     for s in summaries:
         per_layer: dict[str, list[float]] = {}
         for r in s.records:
-            fvu = (r.get("distill") or {}).get("fvu") if isinstance(r.get("distill"), dict) else None
+            fvu = r.distill.get("fvu") if isinstance(r.distill, dict) else None
             for layer, value in (fvu or {}).items():
                 if number(value) is not None:
                     per_layer.setdefault(str(layer), []).append(float(value))

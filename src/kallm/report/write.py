@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kallm.errors import KallmError
+from kallm.folders.layout import PLOTS, REPORT, ExperimentFolder
+from kallm.folders.records import RunRecord
 from kallm.io import check_output_dir, read_json, write_text_atomic
 from kallm.report import heldout_comparisons as heldout
 from kallm.report import per_set, plots, tables, verdict
@@ -29,8 +30,8 @@ from kallm.report.stats import PairedComparison, compare
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "report.md"
-PLOTS_DIR = "plots"
+REPORT_FILE = REPORT
+PLOTS_DIR = PLOTS
 N_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 PLOT_NAMES = ("heldout_vs_params", "accuracy_vs_params", "per_task", "paired_differences", "loss_curves")
@@ -55,10 +56,10 @@ def comparisons(summaries: list[VariantSummary]) -> list[PairedComparison]:
 
 
 def _notes(run_dir: Path) -> str | None:
-    notes = run_dir / "notes.md"
-    if notes.is_file():
-        return notes.read_text(encoding="utf-8").strip() or None
-    config = run_dir / "config.json"
+    folder = ExperimentFolder(run_dir)
+    if folder.notes.is_file():
+        return folder.notes.read_text(encoding="utf-8").strip() or None
+    config = folder.config
     if config.is_file():
         try:
             data = read_json(config, "experiment config")
@@ -69,7 +70,7 @@ def _notes(run_dir: Path) -> str | None:
     return None
 
 
-def _provenance(records: list[dict[str, Any]]) -> str:
+def _provenance(records: list[RunRecord]) -> str:
     lines = []
     hashes = distinct(records, "config_hash")
     lines.append(f"- config hash: {', '.join(f'`{h}`' for h in hashes) if hashes else tables.DASH}")
@@ -102,7 +103,7 @@ class _Analysis:
     bbh: verdict.BBHSummary
 
 
-def _analyse(run_dir: Path, records: list[dict[str, Any]]) -> _Analysis:
+def _analyse(run_dir: Path, records: list[RunRecord]) -> _Analysis:
     summaries = summarise(records)
     return _Analysis(summaries, comparisons(summaries), heldout.original_of(summaries),
                      heldout.versus_original(run_dir, summaries), heldout.pairwise(run_dir, summaries),
@@ -179,7 +180,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """
     run_dir = Path(run_dir)
     records = load_results(run_dir)
-    out = Path(out) if out is not None else run_dir / REPORT_FILE
+    out = Path(out) if out is not None else ExperimentFolder(run_dir).report
     check_output_dir(out.parent, "report folder")
     a = _analyse(run_dir, records)
     saved = _save_plots(run_dir, out.parent / PLOTS_DIR, a)

@@ -20,6 +20,7 @@ from torch import nn
 
 from kallm import __version__
 from kallm.errors import KallmError
+from kallm.folders.layout import MANIFEST, RetrofitFolder
 from kallm.io import read_json, read_tensors, remove_stale_temps, write_json_atomic, write_with_atomic
 from kallm.models.loading import (
     load_model,
@@ -36,8 +37,6 @@ from kallm.retrofitting.variant import parse_variant
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-WEIGHTS = "retrofit.safetensors"
 FORMAT = "kallm-retrofit"
 FORMAT_VERSION = 1
 
@@ -65,7 +64,8 @@ def save_retrofit(
     """
     report = retrofit_report(model)
     out = Path(out_dir)
-    if (out / MANIFEST).exists() and not overwrite:
+    files = RetrofitFolder(out)
+    if files.manifest.exists() and not overwrite:
         raise KallmError(f"{out} already holds a retrofit; pass overwrite=True to replace it")
     base = base_model or loaded_from(model) or getattr(model.config, "_name_or_path", None)
     if not base:
@@ -93,8 +93,8 @@ def save_retrofit(
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)  # the writer owns the folder: a killed save's temporary files go
     # weights first, manifest last: a folder with a manifest always has matching weights
-    write_with_atomic(out / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
-    write_json_atomic(out / MANIFEST, manifest)
+    write_with_atomic(files.weights, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
+    write_json_atomic(files.manifest, manifest)
     log.info("saved retrofit (%d tensors, %s values) to %s", len(state), f"{sum(v.numel() for v in state.values()):,}", out)
     return out
 
@@ -116,7 +116,7 @@ _REQUIRED = ("base_model", "layers", "variant", "freeze", "seed")
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """A retrofit folder's manifest, its format and the types of its keys checked (errors name the file)."""
     folder = Path(path)
-    manifest_path = folder / MANIFEST
+    manifest_path = RetrofitFolder(folder).manifest
     if not folder.is_dir():
         raise KallmError(f"retrofit folder {folder} does not exist")
     if not manifest_path.is_file():
@@ -144,7 +144,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def is_retrofit_dir(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+    return RetrofitFolder(Path(path)).manifest.is_file()
 
 
 def _rebuild(model: nn.Module, manifest: dict[str, Any], where: Path) -> None:
@@ -184,16 +184,17 @@ def load_retrofit(path: str | Path, dtype: str | torch.dtype | None = None, devi
     folder = Path(path)
     if device is not None:
         device = resolve_device(device)  # an unavailable device fails before anything is loaded
+    files = RetrofitFolder(folder)
     manifest = read_manifest(folder)
-    state = read_tensors(folder / WEIGHTS, "retrofit weights")
+    state = read_tensors(files.weights, "retrofit weights")
     base = base_model or manifest["base_model"]
     revision = manifest.get("base_revision") if base_model is None else None
     model, tokenizer = load_model(base, dtype=dtype or manifest.get("dtype"), device=None, revision=revision)
     record_source(model, base)
-    check_base(manifest.get("base_fingerprint"), model, str(folder / MANIFEST), manifest["base_model"], base,
+    check_base(manifest.get("base_fingerprint"), model, str(files.manifest), manifest["base_model"], base,
                allow_other_base)
-    _rebuild(model, manifest, folder / MANIFEST)
-    _copy_state(model, state, folder / WEIGHTS)
+    _rebuild(model, manifest, files.manifest)
+    _copy_state(model, state, files.weights)
     if device is not None:
         model.to(device)
     model.eval()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kallm.errors import KallmError
+from kallm.retrofitting import defaults
 from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn
 from kallm.retrofitting.displaced import keep_originals
 from kallm.retrofitting.ffn import RetrofitFFN
@@ -72,9 +73,9 @@ def _replace_layer(model: nn.Module, site: FFNSite, spec: VariantSpec, seed: int
 
 def retrofit(
     model: nn.Module,
-    layers: str = "last:5",
-    variant: str | VariantSpec = "kan:chebyshev2:2",
-    freeze: str = "ffn",
+    layers: str = defaults.LAYERS,
+    variant: str | VariantSpec = defaults.VARIANT,
+    freeze: str = defaults.FREEZE,
     seed: int = 0,
 ) -> RetrofitReport:
     """Replace the FFNs of the selected decoder layers in place and set what trains.

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from kallm.data import DEFAULT_DATASET, load_training_data
 from kallm.errors import KallmError
+from kallm.folders.layout import DEFAULT_TRAINING_FOLDER
 from kallm.io import check_output_dir, remove_stale_temps
 from kallm.locks import Busy, held
 from kallm.models.loading import load_model, model_source
-from kallm.retrofitting import VariantSpec, retrofit, save_retrofit
+from kallm.retrofitting import VariantSpec, defaults, retrofit, save_retrofit
 from kallm.retrofitting.variant import as_variant
 from kallm.training.callbacks import TrainCallback
 from kallm.training.checkpoint import newest_readable_checkpoint
@@ -29,12 +30,12 @@ def _data_sources(data: str | Path | Sequence[str | Path]) -> tuple[list[str | P
 
 
 def train(
-    model: str = "smollm2-135m-instruct",
-    layers: str = "last:5",
-    variant: str | VariantSpec = "kan:chebyshev2:2",
-    freeze: str = "ffn",
+    model: str = defaults.MODEL,
+    layers: str = defaults.LAYERS,
+    variant: str | VariantSpec = defaults.VARIANT,
+    freeze: str = defaults.FREEZE,
     data: str | Path | Sequence[str | Path] = DEFAULT_DATASET,
-    out: str | Path = "runs/train",
+    out: str | Path = DEFAULT_TRAINING_FOLDER,
     config: TrainConfig | None = None,
     resume: bool = False,
     progress: bool | None = None,
@@ -49,7 +50,7 @@ def train(
     files = RunFiles(Path(out))
     run_meta = {"model": model_source(model), "layers": layers, "variant": str(spec), "freeze": freeze,
                 "data": recorded}
-    check_output_dir(files.out, "training run folder")  # before any loading
+    check_output_dir(files.root, "training run folder")  # before any loading
     check_out_dir(files, {"train": config.to_dict(), "run": run_meta}, resume)
     if resume:
         newest_readable_checkpoint(files.checkpoints, warn=False)  # none readable: say so before loading
@@ -60,15 +61,15 @@ def train(
     retrofit(net, layers=layers, variant=spec, freeze=freeze, seed=config.seed)
     main = PartialState().is_main_process  # only the main process writes (and locks) the folder
     try:
-        with held(files.out / ".lock", wait=False) if main else nullcontext():
+        with held(files.lock, wait=False) if main else nullcontext():
             if main:
-                remove_stale_temps(files.out)
+                remove_stale_temps(files.root)
             result = train_model(net, tokenizer, conversations, config, out, resume=resume, progress=progress,
                                  callbacks=callbacks, run_meta=run_meta)
             if files.config.is_file() and main:
                 save_retrofit(net.cpu(), files.retrofit, base_model=model_source(model), overwrite=True,
                               extra={"training": result.to_dict()})
     except Busy as busy:
-        raise KallmError(f"{files.out} is being trained by another process (pid {busy.holder}); wait for it to "
+        raise KallmError(f"{files.root} is being trained by another process (pid {busy.holder}); wait for it to "
                          "finish, or choose another output folder") from None
     return result

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kallm.errors import KallmError
+from kallm.folders import layout
 from kallm.io import read_json, read_tensors, replace_dir_atomic
 from kallm.training.state_serialization import (
     RngState,
@@ -33,13 +34,13 @@ from kallm.training.state_serialization import (
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "trainable.safetensors"
-OPTIMIZER = "optimizer.safetensors"
-OPTIMIZER_META = "optimizer.json"
-RNG = "rng.json"
-STATE = "state.json"
-_LEGACY_PICKLES = ("optimizer.pt", "rng.pt")  # what earlier kallm versions wrote; never loaded
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_STEP_DIR = re.compile(rf"^{re.escape(layout.CHECKPOINT_PREFIX)}(\d{{8}})$")
+WEIGHTS = layout.CHECKPOINT_WEIGHTS
+OPTIMIZER = layout.CHECKPOINT_OPTIMIZER
+OPTIMIZER_META = layout.CHECKPOINT_OPTIMIZER_META
+RNG = layout.CHECKPOINT_RNG
+STATE = layout.CHECKPOINT_STATE
+_LEGACY_PICKLES = layout.LEGACY_CHECKPOINT_PICKLES  # what earlier kallm versions wrote; never loaded
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -75,7 +76,7 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: to
     """Write checkpoint `step` atomically and keep only the newest `keep` ones."""
     from safetensors.torch import save_file
 
-    target = Path(root) / f"step-{step:08d}"
+    target = Path(root) / layout.CheckpointFolder.name(step)
     weights = trainable_state_dict(model)
     optim_tensors, optim_meta = split_optimizer_state(optimizer.state_dict())
     rng = rng_state()

@@ -23,6 +23,7 @@ from torch import nn
 
 from kallm.data import BatchSchedule, ConversationSet, TokenizedExample, collate
 from kallm.distill.teacher import build_teacher
+from kallm.folders.layout import DEFAULT_TRAINING_FOLDER
 from kallm.io import read_json, write_json_atomic
 from kallm.models.prefix import PrefixCache, prefix_fingerprint
 from kallm.progress import progress_bar
@@ -87,7 +88,7 @@ class TrainLoop:
         check_installed(config.report_to)  # before any data is loaded
         trackers = list(config.report_to)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None,
-                                       project_dir=str(tracking_dir(self.files.out)) if trackers else None)
+                                       project_dir=str(tracking_dir(self.files.root)) if trackers else None)
         self.device = self.accelerator.device
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
@@ -122,7 +123,7 @@ class TrainLoop:
         state = self._restore(resume)
         self._bind_prefix()
         if self.config.report_to:
-            run_name = str((self.meta.get("run") or {}).get("run_id") or self.files.out.name)
+            run_name = str((self.meta.get("run") or {}).get("run_id") or self.files.root.name)
             self.accelerator.init_trackers(run_name, config=flat_hparams(self.meta))
         return state
 
@@ -136,7 +137,7 @@ class TrainLoop:
         state = TrainState(processes=self.world)
         if latest:
             state = TrainState.from_dict(apply_checkpoint(latest, self.model, self.optimizer), str(latest.path))
-            log.info("resuming %s from step %d", self.files.out, state.step)
+            log.info("resuming %s from step %d", self.files.root, state.step)
         if self.is_main:
             if resume:
                 self._check_resumed_precision()
@@ -149,7 +150,7 @@ class TrainLoop:
     def _write_run_files(self) -> None:
         from kallm.provenance import run_info
 
-        self.files.out.mkdir(parents=True, exist_ok=True)
+        self.files.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.files.config, self.meta)
         write_json_atomic(self.files.run_info, {**run_info(), "seed": self.config.seed, "processes": self.world,
                                                 "precision": self.precision.to_dict()})
@@ -161,7 +162,7 @@ class TrainLoop:
         before = read_json(self.files.run_info, "run info").get("precision", {}).get("name")
         if before is not None and before != self.precision.name:
             log.warning("%s started in %s and resumes in %s (%s); the rest of the run will not match an "
-                        "uninterrupted one (pass precision=%s to keep it)", self.files.out, before,
+                        "uninterrupted one (pass precision=%s to keep it)", self.files.root, before,
                         self.precision.name, self.precision.reason, before)
 
     def _bind_prefix(self) -> None:
@@ -283,7 +284,7 @@ class TrainLoop:
             peak_memory_bytes=peak, memory_kind=kind, final_train_loss=state.last_loss,
             initial_eval_loss=state.initial_eval_loss, final_eval_loss=state.last_eval_loss,
             trainable_params=sum(p.numel() for _, p in trainable_named_params(self.model)),
-            metrics_path=str(self.files.metrics), out_dir=str(self.files.out), precision=self.precision.name,
+            metrics_path=str(self.files.metrics), out_dir=str(self.files.root), precision=self.precision.name,
         )
         self.close_trackers()
         if self.is_main:
@@ -327,7 +328,7 @@ class TrainLoop:
 
 
 def train_model(model: nn.Module, tokenizer, train_data: ConversationSet | Sequence, config: TrainConfig | None = None,
-                out_dir: str | Path = "runs/train", *, resume: bool = False, progress: bool | None = None,
+                out_dir: str | Path = DEFAULT_TRAINING_FOLDER, *, resume: bool = False, progress: bool | None = None,
                 callbacks: Sequence[TrainCallback] = (), val_data: ConversationSet | Sequence | None = None,
                 prefix_cache: PrefixCache | None = None, run_meta: dict[str, Any] | None = None) -> TrainResult:
     """Train the model's trainable parameters on chat data (see `TrainLoop`); returns the run's result."""

@@ -10,43 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from kallm.errors import KallmError
+from kallm.folders.layout import TrainingFolder
 from kallm.io import append_jsonl_atomic, read_json, read_jsonl, write_text_atomic
 
-
-@dataclass(frozen=True)
-class RunFiles:
-    """The files of a training run folder."""
-
-    out: Path
-
-    @property
-    def config(self) -> Path:
-        return self.out / "config.json"
-
-    @property
-    def run_info(self) -> Path:
-        return self.out / "run_info.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.out / "metrics.jsonl"
-
-    @property
-    def result(self) -> Path:
-        return self.out / "result.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.out / "checkpoints"
-
-    @property
-    def retrofit(self) -> Path:
-        return self.out / "retrofit"
+RunFiles = TrainingFolder  # the files of a training run folder (named in kallm.folders.layout)
 
 
 @dataclass
 class TrainState:
-    """How far a run has got; saved as each checkpoint's state.json."""
+    """How far a run has got; saved as each checkpoint's state file."""
 
     step: int = 0
     tokens: int = 0
@@ -74,10 +46,10 @@ def check_out_dir(files: RunFiles, meta: dict[str, Any], resume: bool) -> None:
     """A new run needs a fresh folder; a resumed one the same configuration as the folder's."""
     if not resume:
         if files.config.exists():
-            raise KallmError(f"{files.out} already holds a training run; resume it (--resume) or choose another --out")
+            raise KallmError(f"{files.root} already holds a training run; resume it (--resume) or choose another --out")
         return
     if not files.config.is_file():
-        raise KallmError(f"cannot resume: {files.out} holds no kallm training run (no {files.config.name})")
+        raise KallmError(f"cannot resume: {files.root} holds no kallm training run (no {files.config.name})")
     saved = read_json(files.config, "run config")
     now = json.loads(json.dumps(meta, default=str))
     diffs = [f"{sec}.{k}: {saved.get(sec, {}).get(k)!r} -> {now.get(sec, {}).get(k)!r}"
@@ -85,7 +57,7 @@ def check_out_dir(files: RunFiles, meta: dict[str, Any], resume: bool) -> None:
              for k in sorted(set(saved.get(sec, {})) | set(now.get(sec, {})))
              if saved.get(sec, {}).get(k) != now.get(sec, {}).get(k)]
     if diffs:
-        raise KallmError(f"cannot resume {files.out}: it was started with another configuration "
+        raise KallmError(f"cannot resume {files.root}: it was started with another configuration "
                          f"({'; '.join(diffs[:4])})")
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from kallm.errors import KallmError
+from kallm.folders.layout import TrainingFolder
 from kallm.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
-TRACKING_DIR = "tracking"
 # What to install for a tracker Accelerate cannot find (the package names differ from the tracker names).
 _INSTALL = {"tensorboard": "tensorboardX (or tensorboard)", "comet_ml": "comet-ml"}
 
@@ -58,7 +58,7 @@ def check_installed(names: tuple[str, ...]) -> None:
 
 
 def tracking_dir(out_dir: Path) -> Path:
-    return out_dir / TRACKING_DIR
+    return TrainingFolder(out_dir).tracking
 
 
 def _hparam(value: Any) -> bool | int | float | str:

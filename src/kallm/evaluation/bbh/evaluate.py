@@ -23,6 +23,7 @@ from kallm.evaluation.bbh.prompts import (
     wrap_chat,
 )
 from kallm.evaluation.bbh.tasks import FREE_FORM, Task, load_tasks
+from kallm.folders.layout import EvalFolder
 from kallm.io import write_json_atomic, write_text_atomic
 from kallm.provenance import run_info
 from kallm.runtime.precision import precision_in_effect
@@ -196,7 +197,7 @@ def evaluate_bbh(
 def write_outputs(out_dir: str | os.PathLike[str], records: list[dict[str, Any]], scores: dict[str, Any]) -> None:
     import json
 
-    out = Path(out_dir)
+    out = EvalFolder(Path(out_dir))
     lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
-    write_text_atomic(out / "predictions.jsonl", lines)
-    write_json_atomic(out / "scores.json", scores)
+    write_text_atomic(out.predictions, lines)
+    write_json_atomic(out.scores, scores)

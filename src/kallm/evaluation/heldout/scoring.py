@@ -10,8 +10,7 @@ held-out conversations is computed once per grid (a `PrefixCache`) and only the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,42 +18,12 @@ from torch import nn
 from kallm.data import ChatTokenizer, ConversationSet, TokenizedExample, collate
 from kallm.data.sampling import allocate, file_groups, source_name, stratified_order
 from kallm.errors import KallmError
+from kallm.folders.records import HeldoutScore  # the one schema of held-out scores; re-exported here
 from kallm.models.prefix import PrefixCache, tail_hidden_states
 from kallm.progress import progress_bar
 from kallm.training.loss import check_lm_head, per_sequence_nll
 
-
-@dataclass
-class HeldoutScore:
-    """A model's NLL on one held-out set: pooled over tokens, and per conversation (for pairing)."""
-
-    name: str
-    keys: list[str] = field(default_factory=list)  # conversation content keys (TokenizedExample.key)
-    nll_sums: list[float] = field(default_factory=list)  # summed NLL over each conversation's assistant tokens
-    n_tokens: list[int] = field(default_factory=list)
-
-    @property
-    def total_tokens(self) -> int:
-        return sum(self.n_tokens)
-
-    @property
-    def nll(self) -> float:
-        """Mean NLL per assistant token, pooled over the set (nats)."""
-        if not self.total_tokens:
-            raise KallmError(f"held-out set {self.name!r} has no assistant tokens to score")
-        return math.fsum(self.nll_sums) / self.total_tokens
-
-    def summary(self) -> dict[str, Any]:
-        return {"nll": self.nll, "ppl": math.exp(self.nll), "n_conversations": len(self.keys),
-                "n_tokens": self.total_tokens}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "keys": self.keys, "nll_sums": self.nll_sums, "n_tokens": self.n_tokens}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HeldoutScore:
-        return cls(str(data["name"]), list(data["keys"]), [float(x) for x in data["nll_sums"]],
-                   [int(n) for n in data["n_tokens"]])
+__all__ = ["HeldoutScore", "QualityRetained", "carve_heldout", "quality_retained", "score_heldout"]
 
 
 def carve_heldout(data: ConversationSet, size: int, tokenizer, max_length: int,

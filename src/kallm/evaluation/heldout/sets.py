@@ -22,34 +22,22 @@ from torch import nn
 
 from kallm.data import ConversationSet, TokenizedExample, load_conversations, tokenize_conversations
 from kallm.errors import KallmError
-from kallm.evaluation.heldout.scoring import (
-    HeldoutScore,
-    carve_heldout,
-    held_sources,
-    score_heldout,
-    split_by_source,
-)
+from kallm.evaluation.heldout.scoring import carve_heldout, held_sources, score_heldout, split_by_source
 from kallm.evaluation.heldout.text import is_text_set, load_text_set
 from kallm.experiment.schema import ExperimentConfig
-from kallm.io import write_json_atomic
+from kallm.folders.layout import DEFAULT_HELDOUT_SET, GridRunFolder, cache_file, heldout_set_name
+from kallm.folders.records import HeldoutScore, HeldoutScores, write_heldout_scores
 from kallm.models.prefix import PrefixCache
 from kallm.runtime.precision import Precision
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SET = "heldout"  # the set carved from the training data
 HELDOUT_SEED = 0  # fixed for the grid: every run and every seed sees the same held-out conversations
-SCORES_FILE = "heldout.json"
-
-
-def set_name(path: str | Path) -> str:
-    """A user file's set name in records and tables: its file name without the extension."""
-    return Path(path).stem
 
 
 def source_set_name(source: str) -> str:
     """The set name of the default set's part from one training source: `heldout:<source name>`."""
-    return f"{DEFAULT_SET}:{source}"
+    return f"{DEFAULT_HELDOUT_SET}:{source}"
 
 
 class GridHeldout:
@@ -70,23 +58,23 @@ class GridHeldout:
         """The training data without the default held-out set (whose examples are kept here)."""
         max_length = self.config.train.max_length
         held, rest = carve_heldout(data, self.config.eval.heldout_size, tokenizer, max_length, HELDOUT_SEED)
-        self._examples = {DEFAULT_SET: held} if held else {}
+        self._examples = {DEFAULT_HELDOUT_SET: held} if held else {}
         self._sources = held_sources(data, held)
         ecfg = self.config.eval
         for path in self.config.heldout_paths():
             if is_text_set(path):
-                self._examples[set_name(path)] = load_text_set(path, tokenizer, ecfg.block_length,
+                self._examples[heldout_set_name(path)] = load_text_set(path, tokenizer, ecfg.block_length,
                                                                ecfg.max_text_tokens, ecfg.text_stride)
                 continue
             extra = load_conversations(path, on_bad_row=self.config.train.on_bad_row)
-            self._examples[set_name(path)] = tokenize_conversations(tokenizer, extra.conversations, max_length,
+            self._examples[heldout_set_name(path)] = tokenize_conversations(tokenizer, extra.conversations, max_length,
                                                                     progress=False).examples
         return rest
 
     def carved_counts(self) -> dict[str, dict[str, int]]:
         """`{source: {conversations, tokens}}` of the default set (tokens: the assistant tokens scored)."""
         out: dict[str, dict[str, int]] = {}
-        for e in self.examples().get(DEFAULT_SET, []):
+        for e in self.examples().get(DEFAULT_HELDOUT_SET, []):
             row = out.setdefault(self._sources.get(e.key, ""), {"conversations": 0, "tokens": 0})
             row["conversations"] += 1
             row["tokens"] += e.num_labels
@@ -103,8 +91,7 @@ class GridHeldout:
         key = (name, layer_index)
         if key not in self._caches:
             p = self.precision
-            suffix = "" if p.name == "fp32" else f"-{p.name}"  # bf16 states are kept apart from float32 ones
-            path = self.cache_dir / f"prefix-{name}-layer{layer_index}{suffix}.safetensors"
+            path = cache_file(self.cache_dir, f"prefix-{name}-layer{layer_index}", p.name)
             self._caches[key] = PrefixCache.for_model(path, model, layer_index, p.storage_dtype, p.name)
         return self._caches[key]
 
@@ -127,10 +114,10 @@ class GridHeldout:
 
 def with_source_sets(scores: dict[str, HeldoutScore], sources: dict[str, str]) -> dict[str, HeldoutScore]:
     """`scores` plus the default set split by source (`heldout:<source>`), when it spans several sources."""
-    if DEFAULT_SET not in scores or len(set(sources.values())) < 2:
+    if DEFAULT_HELDOUT_SET not in scores or len(set(sources.values())) < 2:
         return scores
-    parts = split_by_source(scores[DEFAULT_SET], sources, source_set_name)
-    ordered = {DEFAULT_SET: scores[DEFAULT_SET], **parts}
+    parts = split_by_source(scores[DEFAULT_HELDOUT_SET], sources, source_set_name)
+    ordered = {DEFAULT_HELDOUT_SET: scores[DEFAULT_HELDOUT_SET], **parts}
     return {**ordered, **{n: s for n, s in scores.items() if n not in ordered}}
 
 
@@ -139,11 +126,10 @@ def heldout_record(scores: dict[str, HeldoutScore]) -> dict[str, Any] | None:
     (or the first user set when there is none)."""
     if not scores:
         return None
-    headline = scores.get(DEFAULT_SET) or next(iter(scores.values()))
+    headline = scores.get(DEFAULT_HELDOUT_SET) or next(iter(scores.values()))
     return {**headline.summary(), "set": headline.name, "sets": {n: s.summary() for n, s in scores.items()}}
 
 
-def write_scores(run_dir: Path, scores: dict[str, dict[str, HeldoutScore]]) -> None:
+def write_scores(run_dir: Path, scores: HeldoutScores) -> None:
     """Per-conversation sums, by stage ('init': before training, 'final') and set, for paired comparisons."""
-    write_json_atomic(run_dir / SCORES_FILE, {stage: {name: s.to_dict() for name, s in by_set.items()}
-                                              for stage, by_set in scores.items()})
+    write_heldout_scores(GridRunFolder(run_dir).heldout, scores)
