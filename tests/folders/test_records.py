@@ -45,9 +45,9 @@ def test_an_untrained_record_has_no_distill_or_train_keys():
 
 
 def test_keys_other_writers_add_are_kept():
-    data = {**TRAINED, "heldout_sources": {"chat": {"nll": 1.5}}, "data": {"composition": [0.7, 0.3]}}
+    data = {**TRAINED, "heldout_sources": {"chat": {"nll": 1.5}}, "future": {"composition": [0.7, 0.3]}}
     record = RunRecord.from_dict(data)
-    assert record.extra == {"heldout_sources": {"chat": {"nll": 1.5}}, "data": {"composition": [0.7, 0.3]}}
+    assert record.extra == {"heldout_sources": {"chat": {"nll": 1.5}}, "future": {"composition": [0.7, 0.3]}}
     assert record.to_dict() == data
     record.extra["note"] = "added later"
     assert RunRecord.from_dict(record.to_dict()).extra["note"] == "added later"

@@ -124,6 +124,9 @@ class RunRecord:
         out = {name: getattr(self, name) for name in _RECORD_KEYS}
         if self.train is None and self.distill is None:
             del out["distill"], out["train"]
+        for name in _LATER_KEYS:  # fields added after the first format: absent, not null, when unset
+            if out[name] is None:
+                del out[name]
         return {**out, **{k: v for k, v in self.extra.items() if k not in out}}
 
     @classmethod
@@ -143,6 +146,7 @@ class RunRecord:
         return value
 
 
+_LATER_KEYS = ("data", "memory")
 _RECORD_KEYS = tuple(f.name for f in dataclasses.fields(RunRecord) if f.name != "extra")
 
 
