@@ -16,14 +16,20 @@ import torch
 from torch import nn
 
 from kallm.errors import KallmError
-from kallm.kan import build_kan
+from kallm.kan import build_kan, kan_num_params
 from kallm.registry import Registry
 from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn, model_dims
 from kallm.retrofitting.displaced import keep_originals
 from kallm.retrofitting.ffn import RetrofitFFN
 from kallm.retrofitting.freeze import FREEZE_POLICIES, first_trainable_layer
 from kallm.retrofitting.layers import parse_layer_spec
-from kallm.retrofitting.sizing import kan_hidden_width, linear_width, resize_mlp
+from kallm.retrofitting.sizing import (
+    check_fits_memory,
+    kan_hidden_width,
+    linear_params,
+    linear_width,
+    resize_mlp,
+)
 from kallm.retrofitting.surgery_report import (
     LayerReport,
     RetrofitReport,
@@ -102,6 +108,15 @@ def _build_kan(model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Repl
     return replacements, widths[0] if widths else None
 
 
+def _new_params(model: nn.Module, site: FFNSite, spec: VariantSpec) -> int:
+    """The parameters the variant's replacement of `site` will have (closed form: nothing is built)."""
+    d, inter = model_dims(model)
+    if spec.kind == "kan":
+        return kan_num_params(spec.kan, d, d, kan_hidden_width(spec, d, ffn_param_count(site)))
+    modules = [m for m in _site_modules(site) if module_params(m) > 0]
+    return linear_params(modules, d, inter, linear_width(spec, modules, d, inter))
+
+
 VariantBuilder = Callable[[nn.Module, FFNSite, VariantSpec], tuple[Replacement, "int | None"]]
 VARIANT_BUILDERS: Registry[VariantBuilder] = Registry("variant")
 VARIANT_BUILDERS.add("linear", _build_linear)
@@ -148,6 +163,10 @@ def retrofit(
     _, layer_list = find_decoder_layers(model)
     indices = parse_layer_spec(layers, len(layer_list))
     sites = [find_ffn(layer_list[i], i, type(model).__name__) for i in indices]
+    if spec.trained:
+        ref = next(model.parameters())
+        check_fits_memory(sum(_new_params(model, site, spec) for site in sites), ref.dtype, ref.device,
+                          f"variant '{spec}' on {len(sites)} layer(s)")
     new_modules: list[nn.Module] = []
     displaced: list[tuple[nn.Module, nn.Module]] = []
     with torch.random.fork_rng(devices=[]):

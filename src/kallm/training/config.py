@@ -14,6 +14,14 @@ from kallm.runtime.precision import precision_problem
 from kallm.training.objective import KD_POSITIONS, KDPositions, LossSpec, as_loss_spec
 from kallm.training.tracking import tracker_names
 
+SEED_LIMIT = 2**32  # numpy's and CUDA's generators take seeds below 2**32
+
+
+def check_seed(seed: object, key: str) -> None:
+    """A seed is an integer in [0, 2**32): every generator kallm seeds (torch, numpy, CUDA) accepts it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise FieldError(key, f"must be an integer in 0..{SEED_LIMIT - 1}, got {seed!r}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -62,6 +70,7 @@ class TrainConfig:
             positive(name)
         for name in ("eval_every", "save_every", "warmup_steps", "seed"):
             positive(name, allow_zero=True)
+        check_seed(self.seed, "seed")
         for name in ("eval_batches", "max_conversations"):
             positive(name, allow_none=True)
         positive("val_size", allow_zero=True, allow_none=True)
