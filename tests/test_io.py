@@ -13,10 +13,12 @@ from kallm.errors import KallmError
 from kallm.io import (
     atomic_path,
     check_output_dir,
+    read_json,
     read_jsonl,
     remove_stale_temps,
     replace_dir_atomic,
     write_json_atomic,
+    write_text_atomic,
     write_with_atomic,
 )
 
@@ -92,3 +94,34 @@ def test_jsonl_bad_lines_are_errors_or_skipped_with_a_warning(tmp_path, caplog):
     path.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(KallmError, match="cannot read .*results.jsonl"):
         read_jsonl(path, skip_bad_lines=True)
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_keeps_the_old_one(tmp_path):
+    """A real, tiny tmpfs (mounting needs root: skipped elsewhere)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        write_text_atomic(disk / "a.txt", "old")
+        with pytest.raises(KallmError, match=r"^cannot write .*disk/a\.txt: No space left on device"):
+            write_text_atomic(disk / "a.txt", "x" * 200_000)
+        with pytest.raises(KallmError, match=r"^cannot write .*w\.safetensors: .*No space left on device"):
+            write_with_atomic(disk / "w.safetensors", lambda p: save_file({"w": torch.zeros(100_000)}, str(p)))
+        assert sorted(p.name for p in disk.iterdir()) == ["a.txt"] and (disk / "a.txt").read_text() == "old"
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_deeply_nested_json_is_one_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"ok": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(KallmError, match=r"deep\.jsonl:2: JSON nested too deeply"):
+        read_jsonl(path)
+    assert read_jsonl(path, skip_bad_lines=True) == [{"ok": 1}]
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(KallmError, match=r"deep\.json is nested too deeply"):
+        read_json(tmp_path / "deep.json")

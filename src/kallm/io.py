@@ -11,9 +11,10 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
 
 def check_output_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
     """Fail before any work when folder `path` could not be created or written (nothing is created here)."""
+    if "\0" in str(path):
+        raise KallmError(f"cannot use {str(path)!r} as {what}: the path contains a NUL character")
     path = Path(path).expanduser()
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -99,24 +102,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_error(exc: BaseException) -> bool:
+    """An error of the file system (disk full, quota, read-only, I/O), from the OS or from safetensors'
+    writer (whose SafetensorError wraps the OS error)."""
+    safetensors = sys.modules.get("safetensors")
+    return isinstance(exc, OSError) or (safetensors is not None and isinstance(exc, safetensors.SafetensorError))
+
+
 @contextmanager
-def atomic_path(target: str | os.PathLike[str]):
-    """Yield a temporary path next to `target`; on success it is renamed over `target`."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+def writing(target: Path) -> Iterator[None]:
+    """Turn a file-system error while writing `target` into one line naming it (the old file is intact)."""
     try:
-        yield tmp_path
-        share_like_umask(tmp_path)  # after the writer: some (safetensors) recreate the file 0600
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        yield
+    except Exception as exc:
+        if not _write_error(exc):
+            raise
+        text = str(exc).strip()
+        reason = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
+        raise KallmError(f"cannot write {target}: {reason} (the file was left as it was)") from None
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; on success it is renamed over `target`. A file-system error
+    (disk full...) is a KallmError naming `target`, which keeps its last complete version."""
+    target = Path(target)
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            share_like_umask(tmp_path)  # after the writer: some (safetensors) recreate the file 0600
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, target)
+            _fsync_dir(target.parent)
+        finally:
+            if tmp_path.exists():
+                tmp_path.unlink()
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
@@ -157,6 +182,8 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise KallmError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise KallmError(f"{what} {path} is nested too deeply to read") from None
 
 
 def read_jsonl(path: str | os.PathLike[str], skip_bad_lines: bool = False) -> list[dict[str, Any]]:
@@ -181,6 +208,8 @@ def read_jsonl(path: str | os.PathLike[str], skip_bad_lines: bool = False) -> li
             problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
         except json.JSONDecodeError as exc:
             problem = f"not valid JSON ({exc.msg})"
+        except RecursionError:  # json recurses once per nesting level: '[[[[...' of any depth is hostile
+            problem = "JSON nested too deeply"
         if problem is None:
             rows.append(row)
         elif skip_bad_lines:
@@ -207,21 +236,22 @@ def read_tensors(path: str | os.PathLike[str], what: str = "tensor file") -> dic
 def replace_dir_atomic(target: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
     """Build a whole folder in a temporary sibling, then swap it in (old copy removed only after)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        writer(tmp)
-        share_like_umask(tmp)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            writer(tmp)
+            share_like_umask(tmp)
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(target, old)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)

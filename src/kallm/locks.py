@@ -52,3 +52,26 @@ def held(path: str | os.PathLike[str], wait: bool = True) -> Iterator[Path]:
             yield path
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def shared(path: str | os.PathLike[str]) -> Iterator[bool]:
+    """Hold a shared lock on file `path` (created if needed); yields whether this process was its only holder
+    when it came (it could take the lock exclusively first).
+
+    Who joins must decide under another, exclusive lock (`held`) whether it may join: between the exclusive
+    try and the shared lock the kernel holds neither for this process.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            yield alone
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

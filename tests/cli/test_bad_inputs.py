@@ -158,6 +158,31 @@ def a_file(tmp: Path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- set-up of the hostile-input rows (safety26b)
+
+
+def laughs(levels: int = 9) -> str:
+    """'Billion laughs': each level a list of nine aliases of the one before (9**levels strings, < 1 KB)."""
+    text = 'l0: &l0 ["lol"]\n'
+    for i in range(1, levels + 1):
+        text += f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]\n"
+    return text
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def deep_jsonl(tmp: Path, depth: int = 100_000) -> Path:
+    path = tmp / "deep.jsonl"
+    path.write_text("[" * depth + "]" * depth + "\n", encoding="utf-8")
+    return path
+
+
+HUGE_HIDDEN = "kan:sequential(chebyshev2:2,chebyshev2:2;hidden=100000000000)"
+
+
 # ---------------------------------------------------------------- the table: (id, argv from (fx, tmp), error)
 
 Row = tuple[str, Callable[[Fx, Path], list[str]], str]
@@ -276,10 +301,68 @@ ROWS: list[Row] = [
      r"layer -50 in '-50\.\.-1' is out of range"),
     ("unknown-command", lambda fx, t: ["trian"], r"invalid choice: 'trian'"),
     ("unknown-flag", lambda fx, t: ["run", "x.yaml", "--overwrite"], r"unrecognized arguments: --overwrite"),
+    # ------------------------------------------------ hostile configs, sizes, seeds, names (safety26b)
+    ("run-yaml-billion-laughs", lambda fx, t: ["run", str(text_file(t / "l.yaml", laughs()))],
+     r"l\.yaml:\d+: YAML aliases expand this config beyond 100,000 values"),
+    ("run-yaml-self-alias", lambda fx, t: ["run", str(text_file(t / "s.yaml", "name: &a [*a]\n"))],
+     r"s\.yaml:1: a YAML alias refers to the node that holds it"),
+    ("run-yaml-nested-deep", lambda fx, t: ["run", str(text_file(t / "d.yaml", "a: " + "[" * 500 + "]" * 500))],
+     r"d\.yaml:1: collections nested more than 64 deep"),
+    ("run-config-fifo", lambda fx, t: ["run", str(fifo(t / "f.yaml"))], r"f\.yaml: not a regular file"),
+    ("run-config-dev-zero", lambda fx, t: ["run", "/dev/zero"], r"/dev/zero: not a regular file"),
+    ("dry-run-config-dev-zero", lambda fx, t: ["run", "/dev/zero", "--dry-run"], r"/dev/zero: not a regular file"),
+    ("run-config-too-large", lambda fx, t: ["run", str(text_file(t / "big.yaml", "#" * (2 << 20)))],
+     r"big\.yaml: 2,097,152 bytes is too large for a config \(at most 1,048,576\)"),
+    ("run-include-dev-zero", lambda fx, t: ["run", str(fx.config(t, include="/dev/zero"))],
+     r"/dev/zero: not a regular file"),
+    ("train-config-fifo", lambda fx, t: ["train", "--config", str(fifo(t / "t.yaml"))], r"t\.yaml: not a regular file"),
+    ("run-data-fifo", lambda fx, t: ["run", str(fx.config(t, **{"train.data": str(fifo(t / "c.jsonl"))}))],
+     r"train\.data: data path .*c\.jsonl: not a regular file"),
+    ("run-data-dev-zero", lambda fx, t: ["run", str(fx.config(t, **{"train.data": "/dev/zero"}))],
+     r"train\.data: data path /dev/zero: not a regular file"),
+    ("train-data-dev-zero", lambda fx, t: fx.train_args(t, "--data", "/dev/zero"),
+     r"data path /dev/zero: not a regular file"),
+    ("run-data-line-nested-deep", lambda fx, t: ["run", str(fx.config(t, train={
+        **yaml.safe_load(fx.config(t).read_text())["train"], "data": str(deep_jsonl(t)), "on_bad_row": "error"}))],
+     r"deep\.jsonl:1: JSON nested too deeply"),
+    ("run-kan-spec-nested-deep", lambda fx, t: ["run", str(fx.config(t, variants=[
+        {"name": "k", "spec": "kan:" + "parallel(" * 500 + "chebyshev2:2" + ")" * 500}]))],
+     r"variants\[0\]\.spec: .*parentheses nested 500 deep; at most sequential\(parallel\(\.\.\.\)\)"),
+    ("inspect-kan-spec-nested-deep",
+     lambda fx, t: ["inspect", str(fx.model), "--variant", "kan:" + "parallel(" * 500 + "chebyshev2:2" + ")" * 500],
+     r"parentheses nested 500 deep"),
+    ("run-kan-hidden-huge", lambda fx, t: ["run", str(fx.config(t, variants=[{"name": "k", "spec": HUGE_HIDDEN}]))],
+     r"needs [\d,]+ new parameters \([\d,.]+ GiB\), more than the [\d,.]+ GiB of RAM available"),
+    ("dry-run-kan-hidden-huge",
+     lambda fx, t: ["run", str(fx.config(t, variants=[{"name": "k", "spec": HUGE_HIDDEN}])), "--dry-run"],
+     r"needs [\d,]+ new parameters"),
+    ("train-linear-budget-huge", lambda fx, t: fx.train_args(t, "--variant", "linear@budget=100000000000000"),
+     r"variant 'linear@budget=100000000000000' on 1 layer\(s\) needs [\d,]+ new parameters"),
+    ("inspect-linear-budget-huge", lambda fx, t: ["inspect", str(fx.model), "--layers", "last:1", "--variant", "linear@budget=1e14"],
+     r"needs [\d,]+ new parameters .* of RAM available"),
+    ("run-seed-huge", lambda fx, t: ["run", str(fx.config(t, seeds=[10**23]))],
+     r"seeds\[0\]: must be an integer in 0\.\.4294967295, got 1{1}0{23}"),
+    ("dry-run-seed-negative", lambda fx, t: ["run", str(fx.config(t, seeds=[0, -1])), "--dry-run"],
+     r"grid\.yaml:\d+: seeds\[1\]: must be an integer in 0\.\.4294967295, got -1"),
+    ("train-seed-huge", lambda fx, t: fx.train_args(t, "--seed", "99999999999999999999999"),
+     r"seed: must be an integer in 0\.\.4294967295, got 99999999999999999999999"),
+    ("run-nul-output-dir", lambda fx, t: ["run", str(fx.config(t, output_dir=str(t / "o\0ut")))],
+     r"output_dir: must not contain a NUL character"),
+    ("dry-run-nul-output-dir", lambda fx, t: ["run", str(fx.config(t, output_dir="o\0ut")), "--dry-run"],
+     r"output_dir: must not contain a NUL character"),
+    ("run-nul-out-flag", lambda fx, t: ["run", str(fx.config(t)), "--out", str(t / "o\0ut")],
+     r"the path contains a NUL character"),
+    ("train-nul-out", lambda fx, t: fx.train_args(t, "--out", str(t / "r\0un")), r"the path contains a NUL character"),
+    ("run-variant-named-dotdot", lambda fx, t: ["run", str(fx.config(t, variants=[{"name": "..", "spec": "linear"}]))],
+     r"variants\[0\]\.name: '\.\.' is not a valid variant name; .*not starting with '\.'"),
+    ("dry-run-variant-named-hidden",
+     lambda fx, t: ["run", str(fx.config(t, variants=[{"name": ".k", "spec": "linear"}])), "--dry-run"],
+     r"'\.k' is not a valid variant name"),
 ]
 
 # rows that also run as a real `kallm` process (the in-process run checks everything else the same way)
-PROC = {"run-misspelt-task", "eval-device-cuda", "train-resume-pickles-only", "eval-retrofit-on-another-base"}
+PROC = {"run-misspelt-task", "eval-device-cuda", "train-resume-pickles-only", "eval-retrofit-on-another-base",
+        "run-yaml-billion-laughs", "run-config-dev-zero", "run-kan-hidden-huge"}  # the last line: safety26b
 CUDA_ROWS = {"run-device-cuda", "eval-device-cuda"}
 
 

@@ -24,3 +24,18 @@ def test_run_out_writes_the_grid_into_another_folder(grid_run, capsys):
     assert main(["-q", "run", str(config), "--out", str(out)]) == 0
     assert len(read_jsonl(out / "results.jsonl")) == 2
     assert f"results: {out / 'results.jsonl'}" in capsys.readouterr().out
+
+
+def test_a_copied_grid_folder_reruns_with_out(grid_run, tmp_path):
+    """A grid folder copied elsewhere (its runs' files name the old place) re-runs there with --out: a run
+    whose record is missing is recorded again, its paths relative to the copy."""
+    import shutil
+
+    config, out, _ = grid_run
+    copied = shutil.copytree(out, tmp_path / "copied")
+    (copied / "results.jsonl").unlink()
+    assert main(["-q", "run", str(config), "--out", str(copied)]) == 0
+    records = {r["run_id"]: r for r in read_jsonl(copied / "results.jsonl")}
+    assert sorted(records) == ["baseline", "kan.seed0"]
+    metrics = records["kan.seed0"]["train"]["metrics_path"]
+    assert metrics == "runs/kan.seed0/train/metrics.jsonl" and (copied / metrics).is_file()

@@ -112,3 +112,14 @@ def test_sizes_past_the_limits_are_refused(text, match):
     with pytest.raises(KallmError, match=match):
         parse_kan_spec(text)
     assert str(parse_kan_spec("chebyshev2:32")) == "chebyshev2:32"
+
+
+def test_nesting_beyond_the_grammar_is_refused_before_parsing():
+    """parallel(parallel(...)) 500 deep would recurse past Python's limit: refused by a scan, one line."""
+    deep = "parallel(" * 500 + "chebyshev2:2" + ")" * 500
+    with pytest.raises(KallmError, match=r"parentheses nested 500 deep; at most sequential\(parallel\(\.\.\.\)\)"):
+        parse_kan_spec(deep)
+    with pytest.raises(KallmError, match=r"nested 3 deep"):
+        parse_kan_spec("sequential(parallel(parallel(chebyshev2:2)),chebyshev2:2)")
+    assert str(parse_kan_spec("sequential(parallel(chebyshev2:2,legendre:3),chebyshev2:2)")) == \
+        "sequential(parallel(chebyshev2:2,legendre:3),chebyshev2:2)"

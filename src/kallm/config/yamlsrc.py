@@ -7,7 +7,9 @@ mapping itself has the path "".
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,12 @@ import yaml
 from kallm.errors import ConfigError
 
 INCLUDE_KEY = "include"
+# Bounds that no real config comes near, so that a hostile one is refused in milliseconds: a config file's
+# size, the nesting of its collections, and the size of its data once aliases are expanded (a few
+# hundred bytes of nested aliases expand to billions of nodes: "billion laughs").
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 100_000
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,10 @@ def _walk(node: yaml.Node, loader: _Loader, path: str, file: str, lines: Lines) 
         loader.flatten_mapping(node)  # resolves YAML merge keys (<<: *anchor)
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
             line = SourceLine(file, key_node.start_mark.line + 1)
-            if not isinstance(key, str):
+            scalar = isinstance(key_node, yaml.ScalarNode)  # a collection as a key is not built: it is refused
+            key = loader.construct_object(key_node, deep=True) if scalar else type(key_node.value).__name__
+            if not isinstance(key, str) or not scalar:
                 raise ConfigError(f"{line}: {path or 'top level'}: keys must be strings, got {key!r}")
             child = join_key(path, key)
             if key in out:
@@ -103,11 +112,55 @@ def _walk(node: yaml.Node, loader: _Loader, path: str, file: str, lines: Lines) 
     return loader.construct_object(node, deep=True)
 
 
+def _check_nesting(text: str, file: str) -> None:
+    """Refuse collections nested deeper than MAX_DEPTH, from the parser's events (composing them recurses)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"{file}:{event.start_mark.line + 1}: collections nested more than {MAX_DEPTH} "
+                                  "deep; a config needs a few levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _check_expansion(root: yaml.Node, file: str) -> None:
+    """Refuse an alias that contains itself, and data that aliases expand beyond MAX_NODES nodes."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise ConfigError(f"{file}:{node.start_mark.line + 1}: a YAML alias refers to the node that holds it")
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        else:
+            total = 1
+        open_nodes.discard(id(node))
+        if total > MAX_NODES:
+            raise ConfigError(f"{file}:{node.start_mark.line + 1}: YAML aliases expand this config beyond "
+                              f"{MAX_NODES:,} values; write it out without nested aliases")
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
-    """Parse one YAML document into plain data plus the line of every key path."""
+    """Parse one YAML document into plain data plus the line of every key path (nesting and alias expansion
+    bounded before any data is built)."""
     loader = _Loader(text)
     try:
+        _check_nesting(text, file)
         node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, file)
         lines: Lines = {}
         data = None if node is None else _walk(node, loader, "", file, lines)
     except yaml.MarkedYAMLError as exc:
@@ -143,6 +196,34 @@ def deep_merge(base: dict[str, Any], base_lines: Lines, over: dict[str, Any], ov
     return merged, lines
 
 
+def read_config_text(path: Path) -> str:
+    """The text of config file `path`: a regular file (a FIFO or device is refused before it is opened: it
+    could block or never end) of at most MAX_CONFIG_BYTES, in UTF-8."""
+    file = str(path)
+    if "\0" in file:
+        raise ConfigError(f"cannot read config file {file!r}: the path contains a NUL character")
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(21, "Is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{file}: not a regular file; a config must be a YAML file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{file}: {info.st_size:,} bytes is too large for a config (at most "
+                              f"{MAX_CONFIG_BYTES:,}); is it the right file?")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:  # grew since the stat
+            raise ConfigError(f"{file}: too large for a config (more than {MAX_CONFIG_BYTES:,} bytes)")
+        return data.decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not a YAML text file ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
+
+
 def load_yaml_mapping(path: str | Path, _stack: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Lines]:
     """Load a YAML mapping, resolving `include:` (a path, or a list of paths, relative to this file).
 
@@ -150,18 +231,11 @@ def load_yaml_mapping(path: str | Path, _stack: tuple[Path, ...] = ()) -> tuple[
     """
     path = Path(path)
     file = str(path)
+    text = read_config_text(path)
     resolved = path.resolve()
     if resolved in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, resolved))
         raise ConfigError(f"{file}: include cycle: {chain}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {file}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{file}: not a YAML text file ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
     data, lines = parse_yaml(text, file)
     if data is None:
         raise ConfigError(f"{file}: the config is empty; expected a mapping of keys such as 'name', 'model'")
@@ -182,7 +256,7 @@ def load_yaml_mapping(path: str | Path, _stack: tuple[Path, ...] = ()) -> tuple[
         if not isinstance(name, str) or not name:
             raise ConfigError(located(f"expected a file path (string), got {name!r}", key, include_lines))
         target = path.parent / name
-        if not target.is_file():
+        if not target.exists():
             raise ConfigError(located(f"included file not found: {target}", key, include_lines))
         sub, sub_lines = load_yaml_mapping(target, (*_stack, resolved))
         merged, merged_lines = deep_merge(merged, merged_lines, sub, sub_lines)

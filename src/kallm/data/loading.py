@@ -113,6 +113,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any, str]]:
                 except json.JSONDecodeError as exc:
                     yield f"{path}:{lineno}", None, f"invalid JSON ({exc.msg} at column {exc.colno})"
                     continue
+                except RecursionError:  # json recurses once per nesting level
+                    yield f"{path}:{lineno}", None, "JSON nested too deeply"
+                    continue
                 yield f"{path}:{lineno}", row, ""
     except (UnicodeDecodeError, OSError) as exc:
         raise _unreadable(path, exc) from None
@@ -127,6 +130,8 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any, str]]:
             yield from _iter_jsonl(path)
             return
         raise KallmError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise KallmError(f"{path}: JSON nested too deeply") from None
     rows = obj if isinstance(obj, list) else [obj]
     for i, row in enumerate(rows):
         yield f"{path}[{i}]", row, ""
@@ -163,6 +168,8 @@ def _iter_hub(dataset_id: str, split: str) -> Iterator[tuple[str, Any, str]]:
 
 def data_files(path: Path) -> list[Path]:
     """The data files of a path: itself, or every .jsonl/.json/.parquet under a folder (sorted)."""
+    if not path.is_file() and not path.is_dir():  # refused before it is opened: a FIFO blocks, a device never ends
+        raise KallmError(f"data path {path}: not a regular file (nor a folder)")
     if path.is_file():
         if path.suffix not in _SUFFIXES:
             raise KallmError(f"{path}: unsupported data file type {path.suffix!r}; valid: {', '.join(_SUFFIXES)}")

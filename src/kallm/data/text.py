@@ -56,7 +56,7 @@ def _first_row(path: Path) -> dict | None:
                 if line.strip():
                     row = json.loads(line)
                     return row if isinstance(row, dict) else None
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError, RecursionError):  # deep nesting is hostile
         return None
     return None
 
@@ -92,7 +92,7 @@ def _text_files(sources: list[Path]) -> list[Path] | None:
 def _jsonl_text(line: str) -> str | None:
     try:
         row = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
     text = row.get("text") if isinstance(row, dict) else None
     return text if isinstance(text, str) else None

@@ -20,7 +20,7 @@ from typing import Any
 
 from kallm.experiment.plan import parse_shard, plan_runs, shard_runs
 from kallm.experiment.preflight import preflight
-from kallm.experiment.results import finished_runs, prepare_output
+from kallm.experiment.results import bound_output, finished_runs
 from kallm.experiment.schema import ExperimentConfig, load_experiment_config
 from kallm.folders.layout import ExperimentFolder
 
@@ -59,10 +59,11 @@ def run_experiment(
     runner = GridRunner(config, out, progress=progress)
     if todo and (any(r.variant.trained for r in todo) or config.eval.heldout_size > 0):
         runner.loaded_data()  # a data file that does not read fails here, before anything is written
-    prepare_output(config, out, force=force)
-    log.info("%s: %d runs planned%s, %d already finished, %d to do", config.name, len(runs),
-             f" (shard {shard})" if shard else "", len(runs) - len(todo), len(todo))
-    start = time.perf_counter()
-    runner.run(todo)
-    log.info("%s: done in %.1f s; results in %s", config.name, time.perf_counter() - start, ExperimentFolder(out).results)
+    with bound_output(config, out, force=force):  # held to the end: another config is refused meanwhile
+        log.info("%s: %d runs planned%s, %d already finished, %d to do", config.name, len(runs),
+                 f" (shard {shard})" if shard else "", len(runs) - len(todo), len(todo))
+        start = time.perf_counter()
+        runner.run(todo)
+    log.info("%s: done in %.1f s; results in %s", config.name, time.perf_counter() - start,
+             ExperimentFolder(out).results)
     return out

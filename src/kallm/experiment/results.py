@@ -4,6 +4,7 @@ The folder's layout is `kallm.folders.layout.ExperimentFolder`: the bound config
 another config is refused), the results appended atomically under a file lock, one lock per run held by
 the process working on it (shards and repeated starts share a folder), the shared cache, and each run's
 train/, eval/ and retrofit/ folders.
+While a process runs the grid it holds the folder's config binding (shared): another config is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from kallm.io import (
     write_json_atomic,
     write_text_atomic,
 )
-from kallm.locks import held
+from kallm.locks import held, shared
 from kallm.provenance import run_info
 
 log = logging.getLogger(__name__)
@@ -59,21 +60,48 @@ def prepare_output(config: ExperimentConfig, out: Path, force: bool = False) -> 
     """Bind the folder to `config` (config.json). Once it holds a result, another config is refused (unless
     `force`); until then it is rebound, so a config fixed after a failed start is welcome."""
     folder = ExperimentFolder(out)
-    path = folder.config
     with locked(folder.results):
-        remove_stale_temps(out)  # under the books' lock: no other process is writing them now
-        if path.is_file():
-            saved = read_json(path, "experiment config")
-            saved_hash = saved.get("config_hash") if isinstance(saved, dict) else None
-            if saved_hash == config.config_hash:
-                return
-            if finished_runs(out) and not force:
+        _bind(config, folder, force)
+
+
+def _bind(config: ExperimentConfig, folder: ExperimentFolder, force: bool) -> None:
+    """prepare_output's work; the caller holds the books' lock."""
+    out, path = folder.root, folder.config
+    remove_stale_temps(out)  # under the books' lock: no other process is writing them now
+    if path.is_file():
+        saved = read_json(path, "experiment config")
+        saved_hash = saved.get("config_hash") if isinstance(saved, dict) else None
+        if saved_hash == config.config_hash:
+            return
+        if finished_runs(out) and not force:
+            raise KallmError(
+                f"{out} holds results of another config (hash {saved_hash}, now {config.config_hash}); "
+                "use another output_dir, or --force to add runs of the new config"
+            )
+        log.info("%s is bound to config %s now (was %s)", out, config.config_hash, saved_hash)
+    write_json_atomic(path, {"config": config.to_dict(), "config_hash": config.config_hash,
+                             "source": str(config.source), "notes": config.notes, **run_info()})
+    if config.notes:
+        write_text_atomic(folder.notes, config.notes.strip() + "\n")
+
+
+@contextlib.contextmanager
+def bound_output(config: ExperimentConfig, out: Path, force: bool = False) -> Iterator[None]:
+    """`prepare_output`, then keep the folder bound to `config` until the block ends: a process running
+    another config on it meanwhile is refused (even with `force`), one running this config joins.
+
+    Decided under the books' lock, so two processes started at the same moment cannot both bind the folder.
+    """
+    folder = ExperimentFolder(out)
+    with contextlib.ExitStack() as binding:
+        with locked(folder.results):
+            alone = binding.enter_context(shared(folder.binding))
+            saved = read_json(folder.config, "experiment config") if folder.config.is_file() else {}
+            saved = saved if isinstance(saved, dict) else {}
+            if not alone and saved.get("config_hash") != config.config_hash:
                 raise KallmError(
-                    f"{out} holds results of another config (hash {saved_hash}, now {config.config_hash}); "
-                    "use another output_dir, or --force to add runs of the new config"
-                )
-            log.info("%s is bound to config %s now (was %s)", out, config.config_hash, saved_hash)
-        write_json_atomic(path, {"config": config.to_dict(), "config_hash": config.config_hash,
-                                 "source": str(config.source), "notes": config.notes, **run_info()})
-        if config.notes:
-            write_text_atomic(folder.notes, config.notes.strip() + "\n")
+                    f"{out} is in use by another process running config {saved.get('source', '?')} (hash "
+                    f"{saved.get('config_hash')}, this one {config.config_hash}); use another output_dir, "
+                    "or wait until it ends")
+            _bind(config, folder, force)
+        yield  # the books' lock is free for the runs' records; the binding is held

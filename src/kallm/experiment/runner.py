@@ -332,7 +332,8 @@ class GridRunner:
         if v.curriculum:  # the modules now have the final degree; the manifest must say so
             report = refresh_report(model, run.spec)
         train_record = result.to_dict()
-        train_record["metrics_path"] = str(Path(result.metrics_path).resolve().relative_to(self.out.resolve()))
+        # from this folder's files: a finished run's result.json names where the folder was (it may be a copy)
+        train_record["metrics_path"] = str(files.metrics.resolve().relative_to(self.out.resolve()))
         if distill_record is not None:
             distill_record["eval_loss_after"] = result.initial_eval_loss
         return report, distill_record, train_record

@@ -37,13 +37,14 @@ from kallm.retrofitting import defaults
 from kallm.retrofitting.curriculum import DegreeSchedule, check_schedule_for, start_variant, validate_schedule
 from kallm.retrofitting.variant import Budget, VariantSpec
 from kallm.runtime.precision import precision_problem
-from kallm.training.config import TrainConfig
+from kallm.training.config import TrainConfig, check_seed
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 Freeze = Literal["ffn", "blocks", "blocks+embeddings", "none"]
 Init = Literal["random", "distill", "original"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# A variant's name names its runs' folders (runs/<name>.seedN): it must not be '..' or start with '.'.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 SAME_AS = "same-as"
 
 
@@ -150,7 +151,8 @@ class VariantConfig:
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
-            raise FieldError("name", f"{self.name!r} is not a valid variant name; use letters, digits, '_', '.', '-'")
+            raise FieldError("name", f"{self.name!r} is not a valid variant name; use letters, digits, '_', '.', '-', "
+                                     "not starting with '.'")
         if not self.spec.trained:
             for key in ("init", "budget", "curriculum"):
                 if getattr(self, key) is not None:
@@ -231,6 +233,9 @@ class ExperimentConfig:
             self.output_dir = default_experiment_folder(self.name)
         if not self.output_dir.strip():
             raise FieldError("output_dir", "must not be empty (leave it out for runs/<name>)")
+        for key in ("output_dir", "model"):
+            if "\0" in getattr(self, key):
+                raise FieldError(key, "must not contain a NUL character")
         if not self.model.strip():
             raise FieldError("model", "must not be empty: a hub id, a local folder or 'smollm2-135m-instruct'")
         try:
@@ -242,6 +247,7 @@ class ExperimentConfig:
         if not self.seeds:
             raise FieldError("seeds", "must list at least one seed, e.g. [0, 1, 2]")
         for i, seed in enumerate(self.seeds):
+            check_seed(seed, f"seeds[{i}]")
             if seed in self.seeds[:i]:
                 raise FieldError(f"seeds[{i}]", f"seed {seed} is listed twice")
         self._check_variants()

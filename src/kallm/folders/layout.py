@@ -26,6 +26,7 @@ from pathlib import Path
 
 # ---------------------------------------------------------------- an experiment folder
 CONFIG = "config.json"
+CONFIG_BINDING = "config.lock"  # held (shared) by every process running the grid: another config is refused
 RESULTS = "results.jsonl"
 NOTES = "notes.md"
 REPORT = "report.md"
@@ -251,6 +252,10 @@ class ExperimentFolder:
     @property
     def config(self) -> Path:
         return self.root / CONFIG
+
+    @property
+    def binding(self) -> Path:
+        return self.root / CONFIG_BINDING
 
     @property
     def results(self) -> Path:

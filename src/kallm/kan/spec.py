@@ -286,4 +286,13 @@ def parse_kan_spec(text: str | KANSpec) -> KANSpec:
     compact = "".join(text.split())
     if not compact:
         raise KallmError("empty KAN spec; expected e.g. 'chebyshev2:2'")
+    # Checked before parsing, which recurses: the grammar nests at most sequential(parallel(...)).
+    depth = deepest = 0
+    for ch in compact:
+        depth += (ch == "(") - (ch == ")")
+        deepest = max(deepest, depth)
+    if deepest > 2:
+        shown = compact if len(compact) <= 80 else compact[:77] + "..."
+        raise KallmError(f"malformed KAN spec {shown!r}: parentheses nested {deepest} deep; at most "
+                         "sequential(parallel(...)) (2 deep)")
     return _parse(compact, text, nested=False)

@@ -19,7 +19,7 @@ import torch
 from kallm.errors import KallmError
 from kallm.folders.layout import HF_CONFIG, HF_WEIGHTS
 from kallm.folders.relative import path_in
-from kallm.io import replace_dir_atomic
+from kallm.io import check_output_dir, replace_dir_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,12 @@ def embedded_model_dir() -> Path:
     target = cache_dir() / f"{EMBEDDED_MODEL}-{EMBEDDED_VERSION}"
     if (target / HF_CONFIG).is_file() and (target / HF_WEIGHTS).is_file():
         return target
+    # before the conversion (a minute's work), not after: where it would go must be writable
+    try:
+        check_output_dir(target, "cache folder")
+    except KallmError as exc:
+        where = "$KALLM_CACHE" if os.environ.get("KALLM_CACHE") else "the cache folder (set $KALLM_CACHE to move it)"
+        raise KallmError(f"{where} cannot hold the converted model {EMBEDDED_MODEL!r}: {exc}") from None
     log.info("converting %s to a safetensors folder at %s (once)", gguf.name, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

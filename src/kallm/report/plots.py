@@ -156,7 +156,7 @@ def read_metrics(run_dir: Path, record: RunRecord) -> tuple[list[tuple[float, fl
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             row = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue  # a line cut short by a crash must not cost the whole figure
         if not isinstance(row, dict) or number(row.get("step")) is None:
             continue

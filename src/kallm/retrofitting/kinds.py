@@ -22,13 +22,20 @@ from kallm.kan import (
     SequentialKAN,
     SequentialSpec,
     build_kan,
+    kan_num_params,
     parse_kan_spec,
 )
 from kallm.kan.bases import BASES
 from kallm.kan.families import FAMILY_MODULES
 from kallm.retrofitting.arch import FFNSite, model_dims
 from kallm.retrofitting.ffn import RetrofitFFN, named_projections
-from kallm.retrofitting.sizing import ffn_param_count, kan_hidden_width, linear_width, resize_mlp
+from kallm.retrofitting.sizing import (
+    ffn_param_count,
+    kan_hidden_width,
+    linear_params,
+    linear_width,
+    resize_mlp,
+)
 from kallm.retrofitting.surgery_report import module_params
 from kallm.retrofitting.variant import Budget, Replacement, VariantKind, VariantSpec, register_variant_kind
 
@@ -74,6 +81,11 @@ class LinearKind(VariantKind):
     def size(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int | None:
         d, inter = model_dims(model)
         return linear_width(spec, [getattr(site.layer, n) for n in self._replaced(site)], d, inter)
+
+    def new_params(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int:
+        d, inter = model_dims(model)
+        modules = [getattr(site.layer, n) for n in self._replaced(site)]
+        return linear_params(modules, d, inter, self.size(model, site, spec))
 
     def build(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
         """Fresh copies of the FFN's own modules, narrowed to the spec's width when it has one."""
@@ -147,6 +159,10 @@ class KanKind(VariantKind):
     def size(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int | None:
         d, _ = model_dims(model)
         return kan_hidden_width(spec, d, ffn_param_count(site))
+
+    def new_params(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int:
+        d, _ = model_dims(model)
+        return kan_num_params(spec.kan, d, d, self.size(model, site, spec))
 
     def build(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
         d, _ = model_dims(model)

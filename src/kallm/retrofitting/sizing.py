@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from kallm.errors import KallmError
@@ -101,3 +102,24 @@ def linear_width(spec: VariantSpec, modules: list[nn.Module], d: int, inter: int
     _check_dims(d, inter)
     target = spec.budget.target(_linear_count(modules, d, inter, inter))
     return _largest_width(lambda w: _linear_count(modules, d, inter, w), target, f"'{spec}'")
+
+
+def linear_params(modules: list[nn.Module], d: int, inter: int, width: int | None) -> int:
+    """Parameters of a linear replacement of `modules` at intermediate size `width` (None: the model's own)."""
+    return _linear_count(modules, d, inter, inter if width is None else width)
+
+
+def check_fits_memory(n_params: int, dtype: torch.dtype, device: torch.device, what: str) -> None:
+    """The one rule for every size a user can ask for (widths, budgets, degrees): the new parameters must fit
+    in the memory available now, or the allocation would fail (or swap) long after the command started.
+    Checked on the closed-form count, before anything is allocated (also for meta-device plans)."""
+    import psutil
+
+    need = n_params * torch.empty((), dtype=dtype, device="meta").element_size()
+    available, where = psutil.virtual_memory().available, "RAM"
+    if device.type == "cuda":
+        available, where = torch.cuda.mem_get_info(device)[0], f"free memory on {device}"
+    if need > available:
+        raise KallmError(f"{what} needs {n_params:,} new parameters ({need / 2**30:,.1f} GiB), more than the "
+                         f"{available / 2**30:,.1f} GiB of {where} available; choose a smaller width, budget or "
+                         "degree")

@@ -21,7 +21,7 @@ from kallm.retrofitting.displaced import keep_originals
 from kallm.retrofitting.ffn import RetrofitFFN
 from kallm.retrofitting.freeze import FREEZE_POLICIES, first_trainable_layer
 from kallm.retrofitting.layers import parse_layer_spec
-from kallm.retrofitting.sizing import ffn_param_count
+from kallm.retrofitting.sizing import check_fits_memory, ffn_param_count
 from kallm.retrofitting.surgery_report import (
     LayerReport,
     RetrofitReport,
@@ -90,6 +90,10 @@ def retrofit(
     _, layer_list = find_decoder_layers(model)
     indices = parse_layer_spec(layers, len(layer_list))
     sites = [find_ffn(layer_list[i], i, type(model).__name__) for i in indices]
+    if spec.trained:
+        ref = next(model.parameters())
+        check_fits_memory(sum(VARIANT_KINDS.get(spec.kind).new_params(model, site, spec) for site in sites), ref.dtype, ref.device,
+                          f"variant '{spec}' on {len(sites)} layer(s)")
     new_modules: list[nn.Module] = []
     displaced: list[tuple[nn.Module, nn.Module]] = []
     with torch.random.fork_rng(devices=[]):

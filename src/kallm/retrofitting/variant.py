@@ -136,6 +136,11 @@ class VariantKind:
         """The hidden width the replacement of `site` gets (meeting `spec.budget`); None: no width to choose."""
         return None
 
+    def new_params(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int:
+        """The parameters the replacement of `site` will have, in closed form (nothing is built): checked
+        against the memory available before any allocation. 0: the kind adds nothing worth checking."""
+        return 0
+
     def build(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
         """[(layer attribute, new module)] for one FFN site, and the hidden width used (for the report).
 

@@ -15,6 +15,14 @@ from kallm.training.loss_terms import KD_POSITIONS, KDPositions
 from kallm.training.objective import LossSpec, as_loss_spec
 from kallm.training.tracking import tracker_names
 
+SEED_LIMIT = 2**32  # numpy's and CUDA's generators take seeds below 2**32
+
+
+def check_seed(seed: object, key: str) -> None:
+    """A seed is an integer in [0, 2**32): every generator kallm seeds (torch, numpy, CUDA) accepts it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise FieldError(key, f"must be an integer in 0..{SEED_LIMIT - 1}, got {seed!r}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -64,6 +72,7 @@ class TrainConfig:
             positive(name)
         for name in ("eval_every", "save_every", "warmup_steps", "seed", "data_seed"):
             positive(name, allow_zero=True)
+        check_seed(self.seed, "seed")
         for name in ("eval_batches", "max_conversations"):
             positive(name, allow_none=True)
         positive("val_size", allow_zero=True, allow_none=True)

@@ -189,6 +189,8 @@ def _read_examples(path: Path) -> list[dict[str, str]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise KallmError(f"malformed BBH task file {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise KallmError(f"malformed BBH task file {path}: JSON nested too deeply") from None
     examples = data.get("examples") if isinstance(data, dict) else None
     if not isinstance(examples, list) or not examples:
         raise KallmError(f"malformed BBH task file {path}: expected {{\"examples\": [{{\"input\", \"target\"}}, ...]}}")
