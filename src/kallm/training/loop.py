@@ -12,6 +12,7 @@ depend on how the batch was split. Evaluation always reports the cross-entropy.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -23,6 +24,7 @@ from torch import nn
 
 from kallm.data import BatchSchedule, ConversationSet, TokenizedExample, collate
 from kallm.distill.teacher import build_teacher
+from kallm.errors import KallmError
 from kallm.io import read_json, write_json_atomic
 from kallm.models.prefix import PrefixCache, prefix_fingerprint
 from kallm.progress import progress_bar
@@ -31,6 +33,7 @@ from kallm.runtime.precision import Precision, resolve_precision
 from kallm.training.callbacks import TrainCallback
 from kallm.training.checkpoint import (
     apply_checkpoint,
+    latest_checkpoint,
     newest_readable_checkpoint,
     remove_partial,
     save_checkpoint,
@@ -255,7 +258,22 @@ class TrainLoop:
         total = self.accelerator.reduce(total, "sum")
         return float(total[0] / total[1])
 
+    def check_finite(self, record: dict[str, Any]) -> None:
+        """Stop a diverged run: a nan/inf loss is no result, and the weights it made are never saved (the
+        newest checkpoint stays the last finite one)."""
+        bad = [k for k in ("loss", "eval_loss") if k in record and not math.isfinite(record[k])]
+        if not bad:
+            return
+        self.metrics.add(record)  # the diverged step is on record in metrics.jsonl
+        self.metrics.flush()
+        self.close_trackers()
+        kept = newest_checkpoint_text(self.files.checkpoints)
+        raise KallmError(f"training diverged at step {record['step']}: {bad[0]} is {record[bad[0]]} (lr "
+                         f"{self.config.lr:g}); no retrofit was saved, {kept}; lower the learning rate or check "
+                         "the loss")
+
     def log(self, record: dict[str, Any]) -> None:
+        self.check_finite(record)
         self.metrics.add(record)
         if self.config.report_to:
             self.accelerator.log(tracked_values(record), step=record["step"])
@@ -324,6 +342,11 @@ class TrainLoop:
         bar.close()
         state.wall_s = wall_before + time.perf_counter() - wall_start
         return self.finish(state)
+
+
+def newest_checkpoint_text(root: Path) -> str:
+    found = latest_checkpoint(root)
+    return f"the last finite checkpoint is {found}" if found else "no checkpoint was written"
 
 
 def train_model(model: nn.Module, tokenizer, train_data: ConversationSet | Sequence, config: TrainConfig | None = None,
