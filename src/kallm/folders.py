@@ -73,11 +73,13 @@ def resolve_source(path: str | Path) -> Source:
         return Source(kind, given, folder, folder / RETROFIT_SUBDIR)
     if is_export_config(config):
         return Source("export", given, folder)
-    if isinstance(config, dict) and "train" in config and "model_type" not in config:
+    if isinstance(config, dict) and "model_type" in config:
+        return Source("model", given, folder)
+    if (folder / "results.jsonl").is_file() or (folder / "runs").is_dir():
+        raise KallmError(f"{folder} is an experiment folder; name one of its runs (runs/<run_id>) or its model")
+    if isinstance(config, dict) and "train" in config:
         raise KallmError(f"{folder} is a kallm training run without a retrofit yet (training did not finish); "
                          "finish it with kallm train --resume")
-    if config is None and ((folder / "results.jsonl").is_file() or (folder / "runs").is_dir()):
-        raise KallmError(f"{folder} is an experiment folder; name one of its runs (runs/<run_id>) or its model")
     return Source("model", given, folder)
 
 

@@ -58,8 +58,8 @@ def _recorded_retrofit(args: argparse.Namespace, source) -> tuple[object, dict]:
 
     given = [f"--{k}" for k in _DEFAULTS if getattr(args, k) is not None]
     if given:
-        raise KallmError(f"{' and '.join(given)} do not apply to {args.model}: it is a {source.kind}, whose "
-                         "retrofit is shown as recorded")
+        raise KallmError(f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {args.model}: "
+                         f"it is a {source.kind}, whose retrofit is shown as recorded")
     if source.retrofit is not None:
         from kallm.retrofitting.saving import read_manifest
 
