@@ -66,7 +66,7 @@ def test_eval_evaluates_each_kind_of_folder_and_names_it(kinds, kind, shared_dat
         assert evaluated["retrofit_sha256"] == hashlib.sha256((retro / "retrofit.safetensors").read_bytes()).hexdigest()
     if kind == "export":
         assert evaluated["variant"] == "kan:chebyshev2:2" and evaluated["base_model"] == str(kinds["model"].resolve())
-    assert main(["inspect", str(folder)]) == 0
+    assert main(["inspect", str(folder), *(["--layers", "last:1"] if kind == "model" else [])]) == 0
     printed = capsys.readouterr().out
     assert ("variant:    baseline" if kind == "model" else "variant:    kan:chebyshev2:2 on layers [") in printed
 
@@ -100,13 +100,13 @@ def _other_auto_map(folder: Path) -> None:
     (_extra_file, r"evil\.py is not a file kallm writes into an export"),
     (_other_auto_map, r"auto_map .* is not the one kallm writes"),
 ], ids=["changed-code", "extra-file", "other-auto-map"])
-def test_an_export_with_other_code_is_refused_not_run(kinds, tmp_path, capsys, change, pattern):
+def test_an_export_with_other_code_is_refused_not_run(kinds, shared_data, tmp_path, capsys, change, pattern):
     folder = tmp_path / "export"
     shutil.copytree(kinds["export"], folder)
     change(folder)
-    for command in ("eval", "inspect"):
+    for argv in (["eval", str(folder), "--data-dir", str(shared_data / "bbh")], ["inspect", str(folder)]):
         before = tree(tmp_path)
-        code, err = run_in_process([command, str(folder)], capsys)
+        code, err = run_in_process(argv, capsys)
         check_one_line(code, err, pattern)
         assert not (tmp_path / "pwned").exists() and tree(tmp_path) == before
 
@@ -131,10 +131,11 @@ def _finite_checkpoints(run: Path) -> list[str]:
 def test_a_diverging_run_fails_and_saves_no_retrofit(kinds, shared_data, tmp_path, capsys):
     chat = write_chat_sample(shared_data, tmp_path / "chat.jsonl", n=16)
     run = tmp_path / "run"
-    argv = train_argv(kinds["model"], chat, run, "--lr", "1e30", "--warmup-steps", "0", "--steps", "4",
-                      "--save-every", "1")[1:]
+    argv = train_argv(kinds["model"], chat, run, "--lr", "1e30", "--warmup-steps", "0", "--steps", "4", "--max-length", "1024",
+                      "--save-every", "1")
     code, err = run_in_process(argv, capsys)
-    check_one_line(code, err, r"training diverged at step \d: loss is (nan|inf) \(lr 1e\+30\); no retrofit was saved")
+    check_one_line(code, err, r"training diverged at step \d: (loss is (nan|inf)|parameter \S+ holds nan/inf) "
+                              r"\(lr 1e\+30\); no retrofit was saved")
     assert not (run / "retrofit").exists() and not (run / "result.json").exists()
     _finite_checkpoints(run)
 

@@ -35,6 +35,7 @@ from kallm.training.checkpoint import (
     apply_checkpoint,
     latest_checkpoint,
     newest_readable_checkpoint,
+    non_finite_tensor,
     remove_partial,
     save_checkpoint,
 )
@@ -262,15 +263,17 @@ class TrainLoop:
         """Stop a diverged run: a nan/inf loss is no result, and the weights it made are never saved (the
         newest checkpoint stays the last finite one)."""
         bad = [k for k in ("loss", "eval_loss") if k in record and not math.isfinite(record[k])]
-        if not bad:
-            return
-        self.metrics.add(record)  # the diverged step is on record in metrics.jsonl
+        if bad:
+            self.metrics.add(record)  # the diverged step is on record in metrics.jsonl
+            self.diverged(record["step"], f"{bad[0]} is {record[bad[0]]}")
+
+    def diverged(self, step: int, what: str) -> None:
         self.metrics.flush()
         self.close_trackers()
-        kept = newest_checkpoint_text(self.files.checkpoints)
-        raise KallmError(f"training diverged at step {record['step']}: {bad[0]} is {record[bad[0]]} (lr "
-                         f"{self.config.lr:g}); no retrofit was saved, {kept}; lower the learning rate or check "
-                         "the loss")
+        found = latest_checkpoint(self.files.checkpoints)
+        kept = f"the last finite checkpoint is {found}" if found else "no checkpoint was written"
+        raise KallmError(f"training diverged at step {step}: {what} (lr {self.config.lr:g}); no retrofit was "
+                         f"saved, {kept}; lower the learning rate or check the loss")
 
     def log(self, record: dict[str, Any]) -> None:
         self.check_finite(record)
@@ -285,6 +288,9 @@ class TrainLoop:
             self.accelerator.end_training()  # flushes and closes the trackers' files
 
     def checkpoint(self, state: TrainState) -> None:
+        bad = non_finite_tensor(dict(trainable_named_params(self.model)))
+        if bad is not None:
+            self.diverged(state.step, f"parameter {bad} holds nan/inf")
         self.metrics.flush()
         if self.is_main:
             save_checkpoint(self.files.checkpoints, state.step, self.model, self.optimizer, state.to_dict(),
@@ -342,11 +348,6 @@ class TrainLoop:
         bar.close()
         state.wall_s = wall_before + time.perf_counter() - wall_start
         return self.finish(state)
-
-
-def newest_checkpoint_text(root: Path) -> str:
-    found = latest_checkpoint(root)
-    return f"the last finite checkpoint is {found}" if found else "no checkpoint was written"
 
 
 def train_model(model: nn.Module, tokenizer, train_data: ConversationSet | Sequence, config: TrainConfig | None = None,
