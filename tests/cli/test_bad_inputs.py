@@ -325,11 +325,11 @@ ROWS: list[Row] = [
     ("eval-retrofit-sets-base-weights", lambda fx, t: ["eval", str(tampered_retrofit(fx, t))],
      r"retro/retrofit\.safetensors: tensor model\.embed_tokens\.weight is not in the manifest's tensor list"),
     ("export-retrofit-declares-base-weights",
-     lambda fx, t: ["export", str(tampered_retrofit(fx, t, declare=True)), str(t / "x"), "--allow-trained-base"],
+     lambda fx, t: ["-q", "export", str(tampered_retrofit(fx, t, declare=True)), str(t / "x"), "--allow-trained-base"],
      r"tensor model\.embed_tokens\.weight is a base model weight that the retrofit \(.*freeze ffn\) neither "
      r"replaces nor trains"),
     ("plot-retrofit-declares-base-weights",
-     lambda fx, t: ["plot-functions", str(tampered_retrofit(fx, t, declare=True)), "--layer", "3"],
+     lambda fx, t: ["-q", "plot-functions", str(tampered_retrofit(fx, t, declare=True)), "--layer", "3"],
      r"tensor model\.embed_tokens\.weight is a base model weight"),
     ("eval-retrofit-in-another-dtype", lambda fx, t: ["eval", str(tampered_retrofit(fx, t, dtype=torch.bfloat16))],
      r"retro/retrofit\.safetensors: tensor \S+ is stored as bfloat16, but the manifest says float32"),

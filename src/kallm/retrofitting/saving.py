@@ -173,21 +173,30 @@ def _rebuild(model: nn.Module, manifest: dict[str, Any], where: Path) -> None:
         raise KallmError(f"{where}: {exc}") from None
 
 
-def _expected_dtype(manifest: dict[str, Any], name: str, target: torch.Tensor) -> str | None:
-    """The dtype the manifest records for tensor `name` (older manifests: one dtype for the floating ones)."""
+def check_declared(state: dict[str, torch.Tensor], manifest: dict[str, Any], weights: Path) -> None:
+    """Before the base is loaded: every tensor of the file is declared by the manifest, in the recorded dtype
+    (older manifests: one dtype for the floating ones) and finite."""
+    declared = manifest.get("tensors") if isinstance(manifest.get("tensors"), dict) else {}
     recorded = manifest.get("tensor_dtypes")
-    if isinstance(recorded, dict):
-        return recorded.get(name)
-    return manifest.get("dtype") if target.is_floating_point() else None
+    for name in sorted(state):
+        tensor, where = state[name], f"{weights}: tensor {name}"
+        if name not in declared:
+            raise KallmError(f"{where} is not in the manifest's tensor list; the file was changed after saving")
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if isinstance(recorded, dict):
+            expected = recorded.get(name)
+        else:
+            expected = manifest.get("dtype") if tensor.is_floating_point() else None
+        if expected is not None and dtype != expected:
+            raise KallmError(f"{where} is stored as {dtype}, but the manifest says {expected}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise KallmError(f"{where} holds non-finite values (nan/inf)")
 
 
-def check_retrofit_tensor(name: str, tensor: torch.Tensor, manifest: dict[str, Any], declared: dict[str, Any],
-                          own: dict[str, torch.Tensor], allowed: set[str], weights: Path,
-                          allow_trained_base: bool) -> None:
-    """One tensor of a retrofit file: declared, one the retrofit adds or (by choice) trained, as declared."""
+def check_retrofit_tensor(name: str, tensor: torch.Tensor, manifest: dict[str, Any], own: dict[str, torch.Tensor],
+                          allowed: set[str], weights: Path, allow_trained_base: bool) -> None:
+    """One (declared) tensor on the rebuilt model: one the retrofit adds or, by choice, trained; its shape."""
     where = f"{weights}: tensor {name}"
-    if name not in declared:
-        raise KallmError(f"{where} is not in the manifest's tensor list; the file was changed after saving")
     if name not in allowed and (is_new_param(name) or name not in own):
         raise KallmError(f"{weights} does not match the rebuilt model: unexpected tensor {name}")
     if name not in allowed:
@@ -197,17 +206,11 @@ def check_retrofit_tensor(name: str, tensor: torch.Tensor, manifest: dict[str, A
     if not is_new_param(name) and not allow_trained_base:
         raise KallmError(f"{where} replaces a base model weight (trained under freeze {manifest['freeze']!r}); "
                          f"load trained base weights only from a retrofit you trust, with {TRAINED_BASE_OVERRIDE}")
-    target = own[name]
-    shapes = {tuple(tensor.shape), tuple(target.shape), tuple(declared[name] or ())}
+    declared = manifest["tensors"][name]
+    shapes = {tuple(tensor.shape), tuple(own[name].shape), tuple(declared or ())}
     if len(shapes) != 1:
-        raise KallmError(f"{where} has shape {tuple(tensor.shape)}; the manifest declares {tuple(declared[name])} "
-                         f"and the rebuilt model expects {tuple(target.shape)}")
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    expected = _expected_dtype(manifest, name, target)
-    if expected is not None and dtype != expected:
-        raise KallmError(f"{where} is stored as {dtype}, but the manifest says {expected}")
-    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        raise KallmError(f"{where} holds non-finite values (nan/inf)")
+        raise KallmError(f"{where} has shape {tuple(tensor.shape)}; the manifest declares {tuple(declared)} "
+                         f"and the rebuilt model expects {tuple(own[name].shape)}")
 
 
 def _copy_state(model: nn.Module, state: dict[str, torch.Tensor], manifest: dict[str, Any], weights: Path,
@@ -215,9 +218,8 @@ def _copy_state(model: nn.Module, state: dict[str, torch.Tensor], manifest: dict
     own = dict(model.named_parameters())
     own.update(dict(model.named_buffers()))
     allowed = set(retrofit_state_dict(model))  # new tensors and what the recorded freeze policy trains
-    declared = manifest.get("tensors") if isinstance(manifest.get("tensors"), dict) else {}
     for name in sorted(state):
-        check_retrofit_tensor(name, state[name], manifest, declared, own, allowed, weights, allow_trained_base)
+        check_retrofit_tensor(name, state[name], manifest, own, allowed, weights, allow_trained_base)
     needed = allowed if allow_trained_base else {n for n in allowed if is_new_param(n)}
     missing = sorted(needed - set(state))
     if missing:
@@ -241,6 +243,7 @@ def load_retrofit(path: str | Path, dtype: str | torch.dtype | None = None, devi
         device = resolve_device(device)  # an unavailable device fails before anything is loaded
     manifest = read_manifest(folder)
     state = read_tensors(folder / WEIGHTS, "retrofit weights")
+    check_declared(state, manifest, folder / WEIGHTS)
     base = base_model or manifest["base_model"]
     revision = manifest.get("base_revision") if base_model is None else None
     model, tokenizer = load_model(base, dtype=dtype or manifest.get("dtype"), device=None, revision=revision)
