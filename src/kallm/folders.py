@@ -80,6 +80,9 @@ def resolve_source(path: str | Path) -> Source:
     if isinstance(config, dict) and "train" in config:
         raise KallmError(f"{folder} is a kallm training run without a retrofit yet (training did not finish); "
                          "finish it with kallm train --resume")
+    if config is not None:
+        raise KallmError(f"{folder / 'config.json'} names no model_type: {folder} is not a Hugging Face model "
+                         "folder, a retrofit, a run folder or a kallm export")
     return Source("model", given, folder)
 
 

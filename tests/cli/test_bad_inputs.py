@@ -364,6 +364,9 @@ ROWS: list[Row] = [
      r"unfinished is a kallm training run without a retrofit yet .*kallm train --resume"),
     ("eval-experiment-folder", lambda fx, t: ["eval", str(experiment_folder(t))],
      r"exp is an experiment folder; name one of its runs"),
+    ("eval-folder-of-another-config", lambda fx, t: ["eval", str(text_file(t / "config.json", "{}").parent)],
+     r"config\.json names no model_type: .* is not a Hugging Face model folder, a retrofit, a run folder or a kallm "
+     r"export"),
     ("export-a-model-folder", lambda fx, t: ["export", str(fx.model), str(t / "x")],
      r"model is a model folder, not a retrofit"),
     ("inspect-retrofit-with-flags", lambda fx, t: ["inspect", str(fx.retrofit), "--layers", "last:2"],
