@@ -17,7 +17,7 @@ from kallm.io import (
     remove_stale_temps,
 )
 from kallm.locks import Busy, held
-from kallm.models.loading import load_model, model_source, resolve_model_path
+from kallm.models.loading import load_model, model_source
 from kallm.retrofitting import VariantSpec, retrofit, save_retrofit
 from kallm.retrofitting.variant import as_variant
 from kallm.training.callbacks import TrainCallback
@@ -38,7 +38,7 @@ def _data_sources(data: str | Path | Sequence[str | Path]) -> tuple[list[str | P
 def check_run_folder(out: Path, model: str) -> None:
     """`out` may not be (or hold, or lie in) the model folder, nor be a model or retrofit folder: a run's
     files would mix with, or replace, what it was made from."""
-    local = Path(resolve_model_path(model)).expanduser()
+    local = Path(model).expanduser()  # a local folder (the embedded model's cache is kallm's own)
     check_not_source(out, [("the model folder", local if local.is_dir() else None)], "training run folder")
     config = out / "config.json"
     if (out / "manifest.json").is_file() or (config.is_file() and "model_type" in (read_json(config) or {})):
