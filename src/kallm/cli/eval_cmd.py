@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kallm.evaluation.bbh import EvalSettings, evaluate_bbh, select_tasks
     from kallm.evaluation.bbh.tasks import resolve_data_dir
-    from kallm.folders import load_source, resolve_source
+    from kallm.models.sources import load_source, resolve_source
     from kallm.io import check_output_dir, is_new_folder, mark_output
     from kallm.models.loading import resolve_device, resolve_dtype
     from kallm.runtime.precision import resolve_precision

@@ -74,7 +74,7 @@ def _recorded_retrofit(args: argparse.Namespace, source) -> tuple[object, dict]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from kallm.folders import resolve_source
+    from kallm.models.sources import resolve_source
     from kallm.models.loading import load_model_skeleton
     from kallm.retrofitting import parse_variant, retrofit
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kallm.folders import retrofit_folder
+    from kallm.models.sources import retrofit_folder
     from kallm.io import check_output_dir
     from kallm.report.kan_functions import find_kan_layer, plot_kan_functions
     from kallm.retrofitting import load_retrofit

@@ -28,7 +28,7 @@ from kallm.errors import KallmError
 from kallm.export.bundle import CONFIG_FILE, MODELING_FILE, class_names, write_code
 from kallm.export.model_card import known_results, model_card
 from kallm.export.portable import CONFIG_KEY, EXPORT_FORMAT, EXPORT_FORMAT_VERSION
-from kallm.folders import retrofit_folder
+from kallm.models.sources import retrofit_folder
 from kallm.io import (
     OUTPUT_MARKER,
     check_not_source,
