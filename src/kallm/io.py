@@ -23,6 +23,9 @@ from kallm.errors import KallmError
 
 log = logging.getLogger(__name__)
 
+# The file kallm writes into every output folder it creates: `--overwrite` replaces only a folder holding it
+# (one kallm wrote), never a model, data or results folder of the user's.
+OUTPUT_MARKER = ".kallm-output"
 # Temporary names made here: "." + target name + "." + tempfile's 8 random characters + ".tmp".
 _TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 # Temporary files older than this process cannot belong to it (see `remove_stale_temps`).
@@ -87,6 +90,41 @@ def check_output_dir(path: str | os.PathLike[str], what: str = "output folder") 
     if not os.access(probe, os.W_OK | os.X_OK):
         raise KallmError(f"cannot write {what} {path}: {probe} is not writable")
     return path
+
+
+def is_new_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether `folder` does not exist yet or is empty: only such a folder becomes kallm's (`mark_output`)."""
+    folder = Path(folder)
+    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+
+def mark_output(folder: str | os.PathLike[str], what: str) -> None:
+    """Record that kallm wrote `folder` (see `OUTPUT_MARKER`); `what` says which command's output it is.
+    Call it only for a folder that `is_new_folder` found new: a folder of the user's never becomes kallm's."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / OUTPUT_MARKER).is_file():
+        write_text_atomic(folder / OUTPUT_MARKER, f"{what}\n")
+
+
+def is_kallm_output(folder: str | os.PathLike[str]) -> bool:
+    return (Path(folder) / OUTPUT_MARKER).is_file()
+
+
+def overlaps(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether one of two paths is the other or lies inside it (symbolic links and `..` resolved)."""
+    ra, rb = Path(a).expanduser().resolve(), Path(b).expanduser().resolve()
+    return ra == rb or ra in rb.parents or rb in ra.parents
+
+
+def check_not_source(out: str | os.PathLike[str], sources: Iterable[tuple[str, str | os.PathLike[str] | None]],
+                     what: str) -> None:
+    """Refuse an output path that is, holds or lies inside one of `sources` ((description, path) pairs of what
+    the command reads): writing there would destroy the input."""
+    for description, source in sources:
+        if source is not None and Path(source).expanduser().exists() and overlaps(out, source):
+            raise KallmError(f"{what} {out} would overwrite {description} {source}, which this command reads; "
+                             "choose another folder")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -183,6 +183,53 @@ def deep_jsonl(tmp: Path, depth: int = 100_000) -> Path:
 HUGE_HIDDEN = "kan:sequential(chebyshev2:2,chebyshev2:2;hidden=100000000000)"
 
 
+def tampered_retrofit(fx: Fx, tmp: Path, declare: bool = False, dtype: torch.dtype | None = None) -> Path:
+    """A copy of the retrofit whose file also sets base weights (zeros), declared in the manifest or not, or
+    holds its own tensors in another dtype than the manifest's."""
+    from safetensors.torch import load_file, save_file
+
+    folder = copy(fx.retrofit, tmp)
+    state = load_file(str(folder / "retrofit.safetensors"))
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    else:
+        base = load_file(str(fx.model / "model.safetensors"))
+        for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"):
+            state[name] = torch.zeros_like(base[name])
+    save_file(state, str(folder / "retrofit.safetensors"))
+    if declare:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["tensors"] = {k: list(v.shape) for k, v in state.items()}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def experiment_folder(tmp: Path, *files: str) -> Path:
+    out = results_folder(tmp, b'{"variant": "a"}\n')
+    for name in files:
+        (out / name).write_text("{}")
+    return out
+
+
+def report_onto(tmp: Path, name: str) -> list[str]:
+    out = experiment_folder(tmp, "config.json")
+    return ["report", str(out), "-o", str(out / name)]
+
+
+def full_folder(tmp: Path) -> Path:
+    folder = tmp / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    return folder
+
+
+def unfinished_run(tmp: Path) -> Path:
+    folder = tmp / "unfinished"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"train": {"steps": 2}, "run": {}}))
+    return folder
+
+
 # ---------------------------------------------------------------- the table: (id, argv from (fx, tmp), error)
 
 Row = tuple[str, Callable[[Fx, Path], list[str]], str]
@@ -299,6 +346,56 @@ ROWS: list[Row] = [
      r"above kallm's limit of 32"),
     ("inspect-negative-range-out-of-range", lambda fx, t: ["inspect", str(fx.model), "--layers", "-50..-1"],
      r"layer -50 in '-50\.\.-1' is out of range"),
+    # a retrofit file sets only what its manifest declares as new (or, by choice, trained), as declared
+    ("eval-retrofit-sets-base-weights", lambda fx, t: ["eval", str(tampered_retrofit(fx, t))],
+     r"retro/retrofit\.safetensors: tensor model\.embed_tokens\.weight is not in the manifest's tensor list"),
+    ("export-retrofit-declares-base-weights",
+     lambda fx, t: ["-q", "export", str(tampered_retrofit(fx, t, declare=True)), str(t / "x"), "--allow-trained-base"],
+     r"tensor model\.embed_tokens\.weight is a base model weight that the retrofit \(.*freeze ffn\) neither "
+     r"replaces nor trains"),
+    ("plot-retrofit-declares-base-weights",
+     lambda fx, t: ["-q", "plot-functions", str(tampered_retrofit(fx, t, declare=True)), "--layer", "3"],
+     r"tensor model\.embed_tokens\.weight is a base model weight"),
+    ("eval-retrofit-in-another-dtype", lambda fx, t: ["eval", str(tampered_retrofit(fx, t, dtype=torch.bfloat16))],
+     r"retro/retrofit\.safetensors: tensor \S+ is stored as bfloat16, but the manifest says float32"),
+    # no command writes over what it reads
+    ("report-out-is-its-results", lambda fx, t: report_onto(t, "results.jsonl"),
+     r"report file .*exp/results\.jsonl is one of the report's inputs"),
+    ("report-out-is-its-config", lambda fx, t: report_onto(t, "config.json"), r"config\.json is one of the report's"),
+    ("report-out-is-its-folder", lambda fx, t: report_onto(t, "."), r"report file .*exp is a folder"),
+    ("export-onto-its-source", lambda fx, t: ["export", str(fx.run), str(fx.run), "--overwrite"],
+     r"export folder .*trained would overwrite the source .*trained, which this command reads"),
+    ("export-into-its-source", lambda fx, t: ["export", str(fx.retrofit), str(fx.retrofit / "x"), "--overwrite"],
+     r"export folder .*retro/x would overwrite the source"),
+    ("export-onto-its-source-parent",
+     lambda fx, t: ["export", str(fx.run / "retrofit"), str(fx.run), "--overwrite"], r"would overwrite the source"),
+    ("export-onto-its-base-model", lambda fx, t: ["export", str(fx.retrofit), str(fx.model), "--overwrite"],
+     r"would overwrite the base model folder"),
+    ("export-overwrite-a-foreign-folder",
+     lambda fx, t: ["export", str(fx.retrofit), str(full_folder(t)), "--overwrite"],
+     r"mine is not a folder kallm wrote \(it has no \.kallm-output\); --overwrite replaces only an earlier export"),
+    ("export-not-empty-says-the-flag", lambda fx, t: ["export", str(fx.retrofit), str(full_folder(t))],
+     r"mine exists and is not empty; use --overwrite \(Python: overwrite=True\)"),
+    ("train-out-is-the-model", lambda fx, t: fx.train_args(t, "--out", str(fx.model)),
+     r"training run folder .*model would overwrite the model folder"),
+    ("train-out-inside-the-model", lambda fx, t: fx.train_args(t, "--out", str(fx.model / "run")),
+     r"model/run would overwrite the model folder"),
+    ("train-out-is-a-retrofit", lambda fx, t: fx.train_args(t, "--out", str(copy(fx.retrofit, t))),
+     r"training run folder .*retro is a retrofit folder"),
+    ("run-out-is-the-model", lambda fx, t: ["run", str(fx.config(t)), "--out", str(fx.model)],
+     r"output_dir: output folder .*model would overwrite the model folder"),
+    # what a folder is, said in one line
+    ("eval-unfinished-train-run", lambda fx, t: ["eval", str(unfinished_run(t))],
+     r"unfinished is a kallm training run without a retrofit yet .*kallm train --resume"),
+    ("eval-experiment-folder", lambda fx, t: ["eval", str(experiment_folder(t))],
+     r"exp is an experiment folder; name one of its runs"),
+    ("eval-folder-of-another-config", lambda fx, t: ["eval", str(text_file(t / "config.json", "{}").parent)],
+     r"config\.json names no model_type: .* is not a Hugging Face model folder, a retrofit, a run folder or a kallm "
+     r"export"),
+    ("export-a-model-folder", lambda fx, t: ["export", str(fx.model), str(t / "x")],
+     r"model is a model folder, not a retrofit"),
+    ("inspect-retrofit-with-flags", lambda fx, t: ["inspect", str(fx.retrofit), "--layers", "last:2"],
+     r"--layers does not apply to .*retro: it is a retrofit"),
     ("unknown-command", lambda fx, t: ["trian"], r"invalid choice: 'trian'"),
     ("unknown-flag", lambda fx, t: ["run", "x.yaml", "--overwrite"], r"unrecognized arguments: --overwrite"),
     # ------------------------------------------------ hostile configs, sizes, seeds, names (safety26b)

@@ -27,3 +27,13 @@ def test_card_of_a_kallm_train_retrofit(tmp_path):
     assert f"| 3 | Linear | KANLinear | {report.layers[0].old_params:,} | {report.layers[0].new_params:,} |" in card
     assert 'AutoTokenizer.from_pretrained("my-kan", trust_remote_code=True)' in card
     assert "No results were recorded" in model_card("x", "org/base", info, report, {})
+
+
+def test_card_says_when_base_weights_were_trained_too():
+    model = make_tiny_model("opt", vocab_size=256)
+    report = retrofit(model, layers="last:1", variant="linear", freeze="blocks")
+    info = {"variant": "linear", "layers": "last:1", "freeze": "blocks", "seed": 0, "kallm_version": "0.1.0"}
+    card = model_card("x", "org/base", info, report, {})
+    assert ("Base model weights were trained too (freeze policy `blocks`: the rest of the retrofitted decoder layers "
+            "(attention, norms)); they differ from `org/base`'s.") in card
+    assert "were trained too" not in model_card("x", "org/base", {**info, "freeze": "ffn"}, report, {})

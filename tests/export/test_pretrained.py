@@ -208,17 +208,24 @@ def test_export_checks_itself_and_keeps_nothing_when_the_check_fails(tmp_path, m
     assert [p.name for p in tmp_path.iterdir()] == ["ok"]
 
 
-def test_export_refuses_a_folder_in_use_and_replaces_it_when_asked(tmp_path):
+def test_export_refuses_a_folder_in_use_and_replaces_only_an_earlier_export(tmp_path):
     from kallm.export.pretrained import export_pretrained
+    from kallm.io import OUTPUT_MARKER
 
     model = make_tiny_model("gpt2", vocab_size=256)
     retrofit(model, layers="last:1", variant="linear")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    with pytest.raises(KallmError, match="exists and is not empty.*overwrite"):
+    with pytest.raises(KallmError, match="exists and is not empty; use --overwrite"):
         export_pretrained(model, tmp_path / "out", verify=False)
-    export_pretrained(model, tmp_path / "out", verify=False, overwrite=True)
-    assert not (tmp_path / "out" / "notes.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
+    with pytest.raises(KallmError, match=f"not a folder kallm wrote \\(it has no {OUTPUT_MARKER}\\)"):
+        export_pretrained(model, tmp_path / "out", verify=False, overwrite=True)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    export_pretrained(model, tmp_path / "export", verify=False)
+    (tmp_path / "export" / "stale.txt").write_text("from before")
+    export_pretrained(model, tmp_path / "export", verify=False, overwrite=True)
+    assert not (tmp_path / "export" / "stale.txt").exists() and (tmp_path / "export" / "model.safetensors").is_file()
+    assert (tmp_path / "export" / OUTPUT_MARKER).is_file()
 
 
 def test_only_models_of_transformers_classes_export(tmp_path):

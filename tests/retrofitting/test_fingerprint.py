@@ -50,7 +50,7 @@ def test_manifest_records_the_absolute_base_and_its_fingerprint(bases, tmp_path,
 def test_a_base_with_other_weights_of_the_same_shapes_is_refused(bases, saved, caplog):
     with pytest.raises(KallmError, match=r"manifest\.json: this retrofit was trained on base model '.*seed0' "
                                          r"\(fingerprint \w+\), but the model loaded from '.*seed1' is another one "
-                                         r"\(.* holds other values\); .*allow_other_base=True \(CLI: --allow-other-base\)"):
+                                         r"\(.* holds other values\); .*--allow-other-base \(Python: allow_other_base=True\)"):
         load_retrofit(saved, base_model=str(bases / "seed1"))
     manifest = json.loads((saved / MANIFEST).read_text())
     planted = saved.parent / "planted"

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
                     f"by answer log-likelihood (mc). Writes {layout.PREDICTIONS} and {layout.SCORES} to --out.",
     )
     p.add_argument("model", metavar="MODEL_OR_RETROFIT_DIR",
-                   help="hub id, model folder, 'smollm2-135m-instruct', or a folder written by save_retrofit")
+                   help="hub id, model folder, 'smollm2-135m-instruct', a retrofit folder, a `kallm train --out` "
+                        "folder, an experiment's runs/<run_id> folder, or a `kallm export` folder")
     p.add_argument("--tasks", default="all",
                    help="comma-separated task names, groups (multiple_choice, binary, free_form) or 'all'")
     p.add_argument("--mode", default="mc", help="zeroshot, fewshot, cot or mc (default: mc)")
@@ -40,18 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: where the model loads)")
     p.add_argument("--allow-other-base", action="store_true",
                    help="load a retrofit onto a base model whose weights differ from the one it was trained on")
+    p.add_argument("--allow-trained-base", action="store_true",
+                   help="load base model weights the retrofit trained (freeze blocks, blocks+embeddings, none)")
     p.set_defaults(func=run)
-
-
-def _load(model: str, dtype: str, device: str | None, allow_other_base: bool = False):
-    from kallm.models.loading import load_model
-
-    if Path(model).is_dir():
-        from kallm.retrofitting.saving import is_retrofit_dir, load_retrofit
-
-        if is_retrofit_dir(model):
-            return load_retrofit(model, dtype=dtype, device=device, allow_other_base=allow_other_base)
-    return load_model(model, dtype=dtype, device=device)
 
 
 def format_table(scores: dict) -> str:
@@ -69,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
     from kallm.evaluation.bbh import EvalSettings, evaluate_bbh, select_tasks
     from kallm.evaluation.bbh.tasks import resolve_data_dir
-    from kallm.io import check_output_dir
+    from kallm.io import check_output_dir, is_new_folder, mark_output
     from kallm.models.loading import resolve_device, resolve_dtype
+    from kallm.models.sources import load_source, resolve_source
     from kallm.runtime.precision import resolve_precision
 
     # Check the cheap things before loading a model.
@@ -80,16 +73,22 @@ def run(args: argparse.Namespace) -> int:
     resolve_data_dir(args.data_dir)
     resolve_dtype(args.dtype)
     device = resolve_device(args.device) if args.device is not None else None
+    source = resolve_source(args.model)
+    new_out = args.out is not None and is_new_folder(args.out)
     if args.out is not None:
         check_output_dir(args.out, "--out folder")
-    model, tokenizer = _load(args.model, args.dtype, device, args.allow_other_base)
+    model, tokenizer = load_source(source, args.dtype, device, args.allow_other_base, args.allow_trained_base)
+    evaluated = source.record()
     device = next(model.parameters()).device
     precision = resolve_precision(args.precision, device)
     log.info("evaluating in %s", precision)
     with torch.inference_mode(), precision.autocast(device, model):
         scores = evaluate_bbh(model, tokenizer, tasks=args.tasks, mode=args.mode, limit=args.limit,
                               data_dir=args.data_dir, batch_size=args.batch_size, chat_template=args.chat_template,
-                              max_gen_toks=args.max_gen_toks, out_dir=args.out, progress=args.progress)
+                              max_gen_toks=args.max_gen_toks, out_dir=args.out, progress=args.progress,
+                              evaluated=evaluated)
+    if new_out:
+        mark_output(args.out, "kallm eval")
     print(format_table(scores))
     head = scores["headline_metric"]
     print(f"\n{scores['mode']}: {head} {scores['headline']:.4f} over {scores['counts']['tasks']} tasks, "

@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--base-model", default=None,
                    help="the base model to rebuild the retrofit on (default: the one its manifest names)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR if it is an earlier export (never a source or a folder kallm did not write)")
+    p.add_argument("--allow-trained-base", action="store_true",
+                   help="load base model weights the retrofit trained (freeze blocks, blocks+embeddings, none)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip loading the export back through transformers and comparing its logits")
     p.set_defaults(func=run)
@@ -29,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from kallm.export.pretrained import export_pretrained
 
     out = export_pretrained(args.retrofit_dir, args.out_dir, base_model=args.base_model, overwrite=args.overwrite,
-                            verify=args.verify)
+                            verify=args.verify, allow_trained_base=args.allow_trained_base)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     checked = "; loaded back through transformers and checked" if args.verify else ""
     print(f"exported {args.retrofit_dir} to {out} ({size / 2**20:,.1f} MiB){checked}\n"

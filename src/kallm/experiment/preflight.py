@@ -25,6 +25,7 @@ from kallm.experiment.validate import (
     check_output,
     check_tasks,
 )
+from kallm.io import check_not_source
 from kallm.models.loading import resolve_device
 
 
@@ -36,6 +37,14 @@ def _at(config: ExperimentConfig, key: str, check: Callable[[], Any]) -> Any:
         raise
     except KallmError as exc:
         raise ConfigError(located(str(exc), key, config.lines)) from None
+
+
+def check_not_a_source(out: Path, model: str) -> None:
+    """The output folder is neither (nor holds, nor lies in) the model folder, nor a model or retrofit folder."""
+    check_not_source(out, [("the model folder", model)], "output folder")
+    if (out / "manifest.json").is_file() or (out / "model.safetensors").is_file():
+        raise KallmError(f"output folder {out} is a {'retrofit' if (out / 'manifest.json').is_file() else 'model'} "
+                         "folder; choose another")
 
 
 def check_inputs(config: ExperimentConfig, out: Path | None = None) -> None:
@@ -53,6 +62,7 @@ def check_inputs(config: ExperimentConfig, out: Path | None = None) -> None:
     _at(config, "eval.data_dir", lambda: check_bbh_data(config.bbh_data_dir(), ecfg.tasks, ecfg.limit))
     _at(config, "device", lambda: resolve_device(config.device))
     _at(config, "output_dir", lambda: check_output(out or config.output_path()))
+    _at(config, "output_dir", lambda: check_not_a_source(out or config.output_path(), config.model_path()))
     _at(config, "model", lambda: check_model(config.model_path()))
 
 

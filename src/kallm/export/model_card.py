@@ -97,6 +97,12 @@ def _results_section(results: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+# What each freeze policy trains besides the new FFNs (`kallm.retrofitting.freeze`).
+_TRAINED_BASE = {"blocks": "the rest of the retrofitted decoder layers (attention, norms)",
+                 "blocks+embeddings": "the rest of the retrofitted decoder layers and the embeddings",
+                 "none": "every weight"}
+
+
 def model_card(title: str, base_model: str, info: dict[str, Any], report: RetrofitReport,
                results: dict[str, Any]) -> str:
     """README.md of an exported retrofit."""
@@ -115,7 +121,10 @@ def model_card(title: str, base_model: str, info: dict[str, Any], report: Retrof
            f"{__version__}. The config's `kallm` section records how each replaced FFN is rebuilt.\n")
     hub = hub_id(base_model)
     named = f"`{base_model}`" + (f" ([{hub}](https://huggingface.co/{hub}))" if hub and hub != base_model else "")
+    trained = "" if info["freeze"] == "ffn" else (
+        f" Base model weights were trained too (freeze policy `{info['freeze']}`: "
+        f"{_TRAINED_BASE.get(info['freeze'], 'see kallm.retrofitting.freeze')}); they differ from `{base_model}`'s.")
     return (_front_matter(base_model, info) + f"# {title}\n\n{named} with its feed-forward blocks "
-            f"retrofitted by kallm (`{info['variant']}` on layers `{info['layers']}`).\n\n## Use\n\n{usage}\n"
+            f"retrofitted by kallm (`{info['variant']}` on layers `{info['layers']}`).{trained}\n\n## Use\n\n{usage}\n"
             f"## What was replaced\n\n{_replaced_section(report)}\n## Results\n\n{_results_section(results)}\n"
             f"## How it was made\n\n{how}")

@@ -28,11 +28,20 @@ from kallm.export.bundle import CONFIG_FILE, MODELING_FILE, class_names, write_c
 from kallm.export.model_card import known_results, model_card
 from kallm.export.portable import CONFIG_KEY, EXPORT_FORMAT, EXPORT_FORMAT_VERSION, REBUILDERS
 from kallm.folders.layout import HF_CONFIG, MODEL_CARD, TrainingFolder
-from kallm.io import read_json, replace_dir_atomic, write_json_atomic, write_text_atomic
+from kallm.io import (
+    OUTPUT_MARKER,
+    check_not_source,
+    is_kallm_output,
+    read_json,
+    replace_dir_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from kallm.models.loading import loaded_from
+from kallm.models.sources import retrofit_folder
 from kallm.retrofitting.arch import find_decoder_layers, find_ffn
 from kallm.retrofitting.ffn import RetrofitFFN
-from kallm.retrofitting.saving import is_retrofit_dir, load_retrofit, read_manifest
+from kallm.retrofitting.saving import load_retrofit, read_manifest
 from kallm.retrofitting.surgery_report import RetrofitReport, retrofit_report
 from kallm.retrofitting.variant import VARIANT_KINDS
 
@@ -43,14 +52,6 @@ log = logging.getLogger(__name__)
 _VERIFY_TOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 
 
-def retrofit_folder(path: str | Path) -> Path:
-    """A retrofit folder, or a run folder that holds one in `retrofit/` (what `kallm train --out` makes)."""
-    folder = Path(path)
-    inner = TrainingFolder(folder).retrofit
-    if not is_retrofit_dir(folder) and is_retrofit_dir(inner):
-        return inner
-    read_manifest(folder)  # names what is missing
-    return folder
 
 
 def _describe_module(name: str, module: nn.Module, report: RetrofitReport) -> dict[str, Any] | None:
@@ -174,25 +175,46 @@ def _write_folder(folder: Path, model: nn.Module, tokenizer: Any, info: dict[str
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     write_text_atomic(folder / MODEL_CARD, card)
+    write_text_atomic(folder / OUTPUT_MARKER, "kallm export\n")
     if verify:
         diff = verify_export(folder, model)
         log.info("export check: the folder loads through transformers' remote code; max |logit difference| to "
                  "the retrofit %.3g", diff)
 
 
+def check_export_target(out: Path, source: str | Path | nn.Module, base_model: str | None,
+                        overwrite: bool) -> None:
+    """`out` may be replaced only when kallm wrote it (`OUTPUT_MARKER`) and it is none of the inputs."""
+    if not isinstance(source, nn.Module):
+        folder = Path(source)
+        sources = [("the source", folder)]
+        if is_retrofit_dir(folder) or is_retrofit_dir(TrainingFolder(folder).retrofit):
+            manifest = read_manifest(retrofit_folder(folder))
+            sources.append(("the base model folder", base_model or manifest["base_model"]))
+        check_not_source(out, sources, "export folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise KallmError(f"{out} exists and is not empty; use --overwrite (Python: overwrite=True) to replace "
+                             "an earlier export")
+        if not out.is_dir() or not is_kallm_output(out):
+            raise KallmError(f"{out} is not a folder kallm wrote (it has no {OUTPUT_MARKER}); --overwrite replaces "
+                             "only an earlier export: choose another folder")
+
+
 def export_pretrained(source: str | Path | nn.Module, out_dir: str | Path, *, tokenizer: Any = None,
                       base_model: str | None = None, overwrite: bool = False, verify: bool = True,
-                      results: dict[str, Any] | None = None) -> Path:
+                      results: dict[str, Any] | None = None, allow_trained_base: bool = False) -> Path:
     """Write `source` (a retrofit folder, a run folder holding one, or a retrofitted model) as a
     self-contained Hugging Face model folder `out_dir`; returns its path.
 
     `base_model` overrides a retrofit folder's base (as for `load_retrofit`), `tokenizer` goes with a
     model given directly, `results` ({"held_out": ..., "bbh": ...}) replaces what the folder records,
     `verify` loads the export back and compares its logits with the retrofit's before it is kept.
+    `overwrite` replaces only a folder kallm wrote, never the source, its base model or a folder around them;
+    `allow_trained_base` as for `load_retrofit`.
     """
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise KallmError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
+    check_export_target(out, source, base_model, overwrite)
     if isinstance(source, nn.Module):
         model = source
         base = base_model or loaded_from(source) or getattr(source.config, "_name_or_path", "") or "unknown"
@@ -201,7 +223,7 @@ def export_pretrained(source: str | Path | nn.Module, out_dir: str | Path, *, to
         manifest = read_manifest(folder)
         results = known_results(folder, manifest) if results is None else results
         base = base_model or manifest["base_model"]
-        model, tokenizer = load_retrofit(folder, base_model=base_model)
+        model, tokenizer = load_retrofit(folder, base_model=base_model, allow_trained_base=allow_trained_base)
     _check_exportable(model)
     info = describe_retrofit(model, str(base))
     card = model_card(out.name, str(base), info, retrofit_report(model), results or {})

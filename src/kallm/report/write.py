@@ -173,6 +173,17 @@ def _bbh_section(a: _Analysis, image) -> list[str]:
     return md
 
 
+def check_report_target(run_dir: Path, out: Path) -> None:
+    """The report may not replace what it is made from: the folder, its results, config, notes or runs."""
+    inputs = [run_dir / name for name in (RESULTS_FILE, "config.json", "notes.md")]
+    target, runs = out.expanduser().resolve(), (run_dir / "runs").resolve()
+    if out.is_dir() or target == run_dir.resolve():
+        raise KallmError(f"report file {out} is a folder; name a file such as {run_dir / REPORT_FILE}")
+    if any(target == p.resolve() for p in inputs) or runs in target.parents:
+        raise KallmError(f"report file {out} is one of the report's inputs in {run_dir}; name another file such "
+                         f"as {run_dir / REPORT_FILE}")
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of experiment folder `run_dir` (default `run_dir/report.md`); return its path.
 
@@ -181,6 +192,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     records = load_results(run_dir)
     out = Path(out) if out is not None else ExperimentFolder(run_dir).report
+    check_report_target(run_dir, out)
     check_output_dir(out.parent, "report folder")
     a = _analyse(run_dir, records)
     saved = _save_plots(run_dir, out.parent / PLOTS_DIR, a)

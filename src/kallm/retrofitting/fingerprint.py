@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 TENSORS = 8
 SAMPLES = 32
-OVERRIDE = "allow_other_base=True (CLI: --allow-other-base)"
+OVERRIDE = "--allow-other-base (Python: allow_other_base=True)"
 
 
 def _frozen_base_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

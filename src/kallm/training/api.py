@@ -9,7 +9,14 @@ from pathlib import Path
 from kallm.data import DEFAULT_DATASET, load_training_data
 from kallm.errors import KallmError
 from kallm.folders.layout import DEFAULT_TRAINING_FOLDER
-from kallm.io import check_output_dir, remove_stale_temps
+from kallm.io import (
+    check_not_source,
+    check_output_dir,
+    is_new_folder,
+    mark_output,
+    read_json,
+    remove_stale_temps,
+)
 from kallm.locks import Busy, held
 from kallm.models.loading import load_model, model_source
 from kallm.retrofitting import VariantSpec, defaults, retrofit, save_retrofit
@@ -27,6 +34,17 @@ def _data_sources(data: str | Path | Sequence[str | Path]) -> tuple[list[str | P
     sources = [data] if isinstance(data, str | Path) else list(data)
     resolved = [str(Path(s).resolve()) if Path(str(s)).expanduser().exists() else str(s) for s in sources]
     return sources, resolved
+
+
+def check_run_folder(out: Path, model: str) -> None:
+    """`out` may not be (or hold, or lie in) the model folder, nor be a model or retrofit folder: a run's
+    files would mix with, or replace, what it was made from."""
+    local = Path(model).expanduser()  # a local folder (the embedded model's cache is kallm's own)
+    check_not_source(out, [("the model folder", local if local.is_dir() else None)], "training run folder")
+    config = out / "config.json"
+    if (out / "manifest.json").is_file() or (config.is_file() and "model_type" in (read_json(config) or {})):
+        kind = "a retrofit folder" if (out / "manifest.json").is_file() else "a model folder"
+        raise KallmError(f"training run folder {out} is {kind}; choose another --out")
 
 
 def train(
@@ -51,6 +69,8 @@ def train(
     run_meta = {"model": model_source(model), "layers": layers, "variant": str(spec), "freeze": freeze,
                 "data": recorded}
     check_output_dir(files.root, "training run folder")  # before any loading
+    check_run_folder(files.root, model)
+    new_folder = is_new_folder(files.root)
     check_out_dir(files, {"train": config.to_dict(), "run": run_meta}, resume)
     if resume:
         newest_readable_checkpoint(files.checkpoints, warn=False)  # none readable: say so before loading
@@ -64,6 +84,8 @@ def train(
         with held(files.lock, wait=False) if main else nullcontext():
             if main:
                 remove_stale_temps(files.root)
+                if new_folder:
+                    mark_output(files.root, "kallm train")
             result = train_model(net, tokenizer, conversations, config, out, resume=resume, progress=progress,
                                  callbacks=callbacks, run_meta=run_meta)
             if files.config.is_file() and main:

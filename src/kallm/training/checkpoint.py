@@ -71,13 +71,23 @@ def remove_partial(root: str | Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def non_finite_tensor(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding nan or inf, if any."""
+    return next((n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+
 def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically and keep only the newest `keep` ones."""
+    """Write checkpoint `step` atomically and keep only the newest `keep` ones (never a non-finite one: the
+    checkpoints kept are the last finite ones)."""
     from safetensors.torch import save_file
 
     target = Path(root) / layout.CheckpointFolder.name(step)
     weights = trainable_state_dict(model)
+    bad = non_finite_tensor(weights)
+    if bad is not None:
+        raise KallmError(f"training diverged by step {step}: parameter {bad} holds nan/inf; no checkpoint was "
+                         f"written (the newest one in {root} is the last finite state); lower the learning rate")
     optim_tensors, optim_meta = split_optimizer_state(optimizer.state_dict())
     rng = rng_state()
 

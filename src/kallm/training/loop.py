@@ -12,6 +12,7 @@ depend on how the batch was split. Evaluation always reports the cross-entropy.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -23,6 +24,7 @@ from torch import nn
 
 from kallm.data import BatchSchedule, ConversationSet, TokenizedExample, collate
 from kallm.distill.teacher import build_teacher
+from kallm.errors import KallmError
 from kallm.folders.layout import DEFAULT_TRAINING_FOLDER
 from kallm.io import read_json, write_json_atomic
 from kallm.models.prefix import PrefixCache, prefix_fingerprint
@@ -32,7 +34,9 @@ from kallm.runtime.precision import Precision, resolve_precision
 from kallm.training.callbacks import TrainCallback
 from kallm.training.checkpoint import (
     apply_checkpoint,
+    latest_checkpoint,
     newest_readable_checkpoint,
+    non_finite_tensor,
     remove_partial,
     save_checkpoint,
 )
@@ -256,7 +260,24 @@ class TrainLoop:
         total = self.accelerator.reduce(total, "sum")
         return float(total[0] / total[1])
 
+    def check_finite(self, record: dict[str, Any]) -> None:
+        """Stop a diverged run: a nan/inf loss is no result, and the weights it made are never saved (the
+        newest checkpoint stays the last finite one)."""
+        bad = [k for k in ("loss", "eval_loss") if k in record and not math.isfinite(record[k])]
+        if bad:
+            self.metrics.add(record)  # the diverged step is on record in metrics.jsonl
+            self.diverged(record["step"], f"{bad[0]} is {record[bad[0]]}")
+
+    def diverged(self, step: int, what: str) -> None:
+        self.metrics.flush()
+        self.close_trackers()
+        found = latest_checkpoint(self.files.checkpoints)
+        kept = f"the last finite checkpoint is {found}" if found else "no checkpoint was written"
+        raise KallmError(f"training diverged at step {step}: {what} (lr {self.config.lr:g}); no retrofit was "
+                         f"saved, {kept}; lower the learning rate or check the loss")
+
     def log(self, record: dict[str, Any]) -> None:
+        self.check_finite(record)
         self.metrics.add(record)
         if self.config.report_to:
             self.accelerator.log(tracked_values(record), step=record["step"])
@@ -268,6 +289,9 @@ class TrainLoop:
             self.accelerator.end_training()  # flushes and closes the trackers' files
 
     def checkpoint(self, state: TrainState) -> None:
+        bad = non_finite_tensor(dict(trainable_named_params(self.model)))
+        if bad is not None:
+            self.diverged(state.step, f"parameter {bad} holds nan/inf")
         self.metrics.flush()
         if self.is_main:
             save_checkpoint(self.files.checkpoints, state.step, self.model, self.optimizer, state.to_dict(),

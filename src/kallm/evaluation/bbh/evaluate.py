@@ -46,12 +46,13 @@ class EvalSettings:
         get_mode(self.mode)
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
                                        or self.limit <= 0):
-            raise KallmError(f"limit must be a positive integer (examples per task) or None; got {self.limit!r}")
+            raise KallmError(f"limit must be a positive integer (examples per task), or unset for all; "
+                             f"got {self.limit!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise KallmError(f"batch_size must be a positive integer; got {self.batch_size!r}")
         if self.max_gen_toks is not None and (isinstance(self.max_gen_toks, bool)
                                               or not isinstance(self.max_gen_toks, int) or self.max_gen_toks <= 0):
-            raise KallmError(f"max_gen_toks must be a positive integer or None (mode default); "
+            raise KallmError(f"max_gen_toks must be a positive integer, or unset for the mode's default; "
                              f"got {self.max_gen_toks!r}")
 
     @property
@@ -140,12 +141,14 @@ def evaluate_bbh(
     progress: bool | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     forward_fn: ForwardFn | None = None,
+    evaluated: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate on BBH; returns the scores.json structure (and writes it with predictions.jsonl to out_dir).
 
     Modes: zeroshot, fewshot, cot (generation, scored as lm-eval) and mc (log-likelihood ranking of the
     enumerable answers after the few-shot prompt; free-form tasks are skipped and listed). `forward_fn`
-    replaces the model's forward in mc mode only.
+    replaces the model's forward in mc mode only. `evaluated` (what was evaluated: path, fingerprint, ...) is
+    recorded as the scores' `evaluated`.
     """
     settings = EvalSettings(mode=mode, limit=limit, batch_size=batch_size, chat_template=chat_template,
                             max_gen_toks=max_gen_toks)
@@ -188,6 +191,7 @@ def evaluate_bbh(
         "examples_per_s": round(len(records) / wall, 3) if wall > 0 else None,
         "precision": precision_in_effect(model),  # the caller's autocast (kallm eval --precision) or weights
         "run_info": run_info(),
+        **({"evaluated": evaluated} if evaluated is not None else {}),
     }
     if out_dir is not None:
         write_outputs(out_dir, records, result)

@@ -226,7 +226,7 @@ def load_task(name: str, data_dir: str | os.PathLike[str] | None = None, limit: 
     """
     spec = TASKS.get(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise KallmError(f"limit must be a positive integer (examples per task) or None for all; got {limit!r}")
+        raise KallmError(f"limit must be a positive integer (examples per task), or unset for all; got {limit!r}")
     where = resolve_data_dir(data_dir)
     if isinstance(where, str):
         examples = _hub_examples(where, name)
