@@ -25,6 +25,7 @@ from kallm.experiment.validate import (
     check_output,
     check_tasks,
 )
+from kallm.folders.layout import HF_WEIGHTS, MANIFEST
 from kallm.io import check_not_source
 from kallm.models.loading import resolve_device
 
@@ -42,8 +43,8 @@ def _at(config: ExperimentConfig, key: str, check: Callable[[], Any]) -> Any:
 def check_not_a_source(out: Path, model: str) -> None:
     """The output folder is neither (nor holds, nor lies in) the model folder, nor a model or retrofit folder."""
     check_not_source(out, [("the model folder", model)], "output folder")
-    if (out / "manifest.json").is_file() or (out / "model.safetensors").is_file():
-        raise KallmError(f"output folder {out} is a {'retrofit' if (out / 'manifest.json').is_file() else 'model'} "
+    if (out / MANIFEST).is_file() or (out / HF_WEIGHTS).is_file():
+        raise KallmError(f"output folder {out} is a {'retrofit' if (out / MANIFEST).is_file() else 'model'} "
                          "folder; choose another")
 
 

@@ -41,7 +41,7 @@ from kallm.models.loading import loaded_from
 from kallm.models.sources import retrofit_folder
 from kallm.retrofitting.arch import find_decoder_layers, find_ffn
 from kallm.retrofitting.ffn import RetrofitFFN
-from kallm.retrofitting.saving import load_retrofit, read_manifest
+from kallm.retrofitting.saving import is_retrofit_dir, load_retrofit, read_manifest
 from kallm.retrofitting.surgery_report import RetrofitReport, retrofit_report
 from kallm.retrofitting.variant import VARIANT_KINDS
 

@@ -16,6 +16,7 @@ from typing import Any
 from kallm.errors import KallmError
 from kallm.export.bundle import CONFIG_FILE, MODELING_FILE, class_names, generated_sources, shipped_sources
 from kallm.export.portable import CONFIG_KEY, check_export_info
+from kallm.folders.layout import HF_CONFIG
 from kallm.io import read_json
 
 _MODEL_TYPE = re.compile(r"^[a-z0-9_]+$")
@@ -37,7 +38,7 @@ def _transformers_class(name: Any, where: Path) -> str:
 def expected_code(folder: Path, config: dict[str, Any]) -> dict[str, str]:
     """{file name: text} of the code kallm writes into an export with this config (names checked first:
     they go into the generated files)."""
-    where = folder / "config.json"
+    where = folder / HF_CONFIG
     try:
         info = check_export_info(config.get(CONFIG_KEY))
     except KallmError as exc:
@@ -60,9 +61,9 @@ def expected_code(folder: Path, config: dict[str, Any]) -> dict[str, str]:
 
 def check_export_code(folder: Path) -> dict[str, Any]:
     """The export's config, once its code is known to be kallm's own (else a KallmError naming the file)."""
-    config = read_json(folder / "config.json", "model config")
+    config = read_json(folder / HF_CONFIG, "model config")
     if not is_export_config(config):
-        raise KallmError(f"{folder} is not a kallm export (its config.json has no {CONFIG_KEY!r} section)")
+        raise KallmError(f"{folder} is not a kallm export (its {HF_CONFIG} has no {CONFIG_KEY!r} section)")
     expected = expected_code(folder, config)
     present = sorted(p.name for p in folder.iterdir() if p.suffix == ".py" or p.is_dir() and not p.name.startswith("."))
     for name in present:

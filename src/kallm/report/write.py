@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kallm.errors import KallmError
+from kallm.folders import layout
 from kallm.folders.layout import PLOTS, REPORT, ExperimentFolder
 from kallm.folders.records import RunRecord
 from kallm.io import check_output_dir, read_json, write_text_atomic
@@ -175,8 +176,8 @@ def _bbh_section(a: _Analysis, image) -> list[str]:
 
 def check_report_target(run_dir: Path, out: Path) -> None:
     """The report may not replace what it is made from: the folder, its results, config, notes or runs."""
-    inputs = [run_dir / name for name in (RESULTS_FILE, "config.json", "notes.md")]
-    target, runs = out.expanduser().resolve(), (run_dir / "runs").resolve()
+    inputs = [run_dir / name for name in (RESULTS_FILE, layout.CONFIG, layout.NOTES)]
+    target, runs = out.expanduser().resolve(), (run_dir / layout.RUNS).resolve()
     if out.is_dir() or target == run_dir.resolve():
         raise KallmError(f"report file {out} is a folder; name a file such as {run_dir / REPORT_FILE}")
     if any(target == p.resolve() for p in inputs) or runs in target.parents:

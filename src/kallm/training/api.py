@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kallm.data import DEFAULT_DATASET, load_training_data
 from kallm.errors import KallmError
-from kallm.folders.layout import DEFAULT_TRAINING_FOLDER
+from kallm.folders.layout import DEFAULT_TRAINING_FOLDER, HF_CONFIG, MANIFEST
 from kallm.io import (
     check_not_source,
     check_output_dir,
@@ -41,9 +41,9 @@ def check_run_folder(out: Path, model: str) -> None:
     files would mix with, or replace, what it was made from."""
     local = Path(model).expanduser()  # a local folder (the embedded model's cache is kallm's own)
     check_not_source(out, [("the model folder", local if local.is_dir() else None)], "training run folder")
-    config = out / "config.json"
-    if (out / "manifest.json").is_file() or (config.is_file() and "model_type" in (read_json(config) or {})):
-        kind = "a retrofit folder" if (out / "manifest.json").is_file() else "a model folder"
+    config = out / HF_CONFIG
+    if (out / MANIFEST).is_file() or (config.is_file() and "model_type" in (read_json(config) or {})):
+        kind = "a retrofit folder" if (out / MANIFEST).is_file() else "a model folder"
         raise KallmError(f"training run folder {out} is {kind}; choose another --out")
 
 
