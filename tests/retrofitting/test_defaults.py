@@ -32,4 +32,5 @@ def test_inspect_takes_the_same_defaults():
     parser = argparse.ArgumentParser()
     inspect_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["inspect", "some-model"])
-    assert (args.layers, args.freeze) == (defaults.LAYERS, defaults.FREEZE)
+    assert (args.layers, args.freeze) == (None, None)  # unset: a retrofit folder shows its own settings
+    assert inspect_cmd._DEFAULTS == {"layers": defaults.LAYERS, "variant": defaults.VARIANT, "freeze": defaults.FREEZE}

@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kallm.errors import KallmError
-from kallm.retrofitting.saving import MANIFEST, WEIGHTS, load_retrofit, save_retrofit
+from kallm.folders.layout import MANIFEST
+from kallm.folders.layout import RETROFIT_WEIGHTS as WEIGHTS
+from kallm.retrofitting.saving import load_retrofit, save_retrofit
 from kallm.retrofitting.surgery import retrofit
 from tests.tiny_models import make_tiny_model
 

@@ -42,7 +42,7 @@ def format_report(report) -> str:
     return "\n".join(lines)
 
 
-_DEFAULTS = {"layers": "last:5", "variant": "baseline", "freeze": "ffn"}
+_DEFAULTS = {"layers": defaults.LAYERS, "variant": defaults.VARIANT, "freeze": defaults.FREEZE}
 
 
 def _export_skeleton(config: dict):
