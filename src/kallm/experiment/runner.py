@@ -42,6 +42,7 @@ from kallm.evaluation.heldout.sets import GridHeldout, heldout_record, write_sco
 from kallm.experiment.eval_cache import CachedPrefixForward
 from kallm.experiment.plan import PlannedRun
 from kallm.experiment.results import finished_runs, locked, record_result
+from kallm.experiment.run_memory import run_memory
 from kallm.experiment.schema import EvalConfig, ExperimentConfig
 from kallm.io import read_json, remove_stale_temps, write_json_atomic
 from kallm.locks import Busy, held
@@ -220,6 +221,20 @@ class GridRunner:
             return self.run_one(run)
 
     def run_one(self, run: PlannedRun) -> dict[str, Any]:
+        """One run, recorded with its peak memory; what it leaves behind is released when it ends."""
+        with run_memory(self._release_run) as memory:
+            record = self._run(run)
+        record["memory"] = memory.to_dict()
+        record_result(self.out, record)
+        return record
+
+    def _release_run(self) -> None:
+        """The grid's references to the run's model and per-run data go; the grid's prefix caches stay."""
+        for forward in self._eval_forwards.values():
+            forward.release()
+        self._distill_io = None  # kept on disk: read again by the next run that distils, not held by all runs
+
+    def _run(self, run: PlannedRun) -> dict[str, Any]:
         start = time.perf_counter()
         run_dir = self.out / "runs" / run.run_id
         v = run.variant
@@ -248,7 +263,6 @@ class GridRunner:
         record.update({"config_hash": self.config.config_hash, "versions": info["versions"],
                        "git_commit": info["git_commit"], "time": info["time"], "device": info["device_name"],
                        "wall_s": time.perf_counter() - start})
-        record_result(self.out, record)
         return record
 
     def _distill(self, run: PlannedRun, model: nn.Module, io, run_dir: Path) -> dict[str, Any] | None:
