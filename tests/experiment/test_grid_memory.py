@@ -63,6 +63,7 @@ def grid_config(tmp_path: Path, base: Path, chat_file: Path, shared_data: Path) 
     return path
 
 
+@pytest.mark.slow  # about a minute on 2 busy cores (11 runs); it needs only the real tokenizer
 def test_per_run_peak_memory_stays_flat_over_a_grid(tmp_path, wide_base, chat_file, shared_data):
     path = grid_config(tmp_path, wide_base, chat_file, shared_data)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
