@@ -91,3 +91,24 @@ def test_a_copy_made_during_inference_serves_training_later():
         y = lin(x)
     y.float().sum().backward()
     assert x.grad is not None and x.grad.shape == (2, 8)
+
+
+def test_the_weights_and_their_copies_die_with_the_model():
+    """The copy tables are weak both ways: a model whose weights were swapped once is freed with its copies
+    (a strong reference from copy back to weight kept every model of an experiment grid alive)."""
+    import gc
+    import weakref
+
+    from kallm.runtime import bf16_weights
+
+    net = _net()
+    with autocast("bf16", "cpu", net):
+        net(torch.randint(0, 50, (2, 5)))
+    weight, copy = weakref.ref(net[1].weight), weakref.ref(bf16_copy(net[1].weight))
+    assert copy() is not None and bf16_weights.float32_weight(copy()) is not None
+    tables = len(bf16_weights._COPIES), len(bf16_weights._ORIGINALS)
+    del net
+    gc.collect()
+    assert weight() is None and copy() is None
+    # both frozen Linears' entries are gone (and any an earlier test's model left for the collector)
+    assert len(bf16_weights._COPIES) <= tables[0] - 2 and len(bf16_weights._ORIGINALS) <= tables[1] - 2

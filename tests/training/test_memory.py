@@ -41,3 +41,17 @@ def test_memory_the_heap_kept_from_an_earlier_run_is_not_in_the_next_window():
     reset_peak_memory()  # ...until the new window starts
     next_window, _ = peak_memory()
     assert with_it - next_window > 500 * 2**20
+
+
+@rss_window_only
+def test_a_training_runs_reset_inside_a_longer_window_keeps_the_earlier_peak_in_it():
+    """A grid run's window spans loading and distillation before training resets its own window."""
+    from kallm.training.memory import rss_peak, rss_window
+
+    with rss_window() as run:
+        start = run.peak()
+        block = touched(400_000_000)  # a distillation before training
+        del block
+        reset_peak_memory()  # training's own window starts
+        assert rss_peak() < start + 200_000_000
+        assert run.peak() > start + 350_000_000

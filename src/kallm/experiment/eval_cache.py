@@ -60,6 +60,10 @@ class CachedPrefixForward:
         self.model = model
         return self
 
+    def release(self) -> None:
+        """Let go of the bound model (its run is over); the cached states stay for the next run's model."""
+        self.model = None
+
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.model is None:

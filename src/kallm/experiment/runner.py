@@ -43,6 +43,7 @@ from kallm.experiment.data_record import batch_counts, fitting_order, training_c
 from kallm.experiment.eval_cache import CachedPrefixForward
 from kallm.experiment.plan import PlannedRun
 from kallm.experiment.results import finished_runs, record_result
+from kallm.experiment.run_memory import run_memory
 from kallm.experiment.schema import EvalConfig, ExperimentConfig
 from kallm.folders.layout import ExperimentFolder, GridRunFolder, cache_file
 from kallm.folders.records import HeldoutScores, RunRecord, read_heldout_scores
@@ -242,6 +243,20 @@ class GridRunner:
             return self.run_one(run)
 
     def run_one(self, run: PlannedRun) -> RunRecord:
+        """One run, recorded with its peak memory; what it leaves behind is released when it ends."""
+        with run_memory(self._release_run) as memory:
+            record = self._run(run)
+        record.memory = memory.to_dict()
+        record_result(self.out, record)
+        return record
+
+    def _release_run(self) -> None:
+        """The grid's references to the run's model and per-run data go; the grid's prefix caches stay."""
+        for forward in self._eval_forwards.values():
+            forward.release()
+        self._distill_io = None  # kept on disk: read again by the next run that distils, not held by all runs
+
+    def _run(self, run: PlannedRun) -> RunRecord:
         start = time.perf_counter()
         folder = self.folder.run(run.run_id)
         v = run.variant
@@ -269,7 +284,6 @@ class GridRunner:
         record.config_hash, record.versions = self.config.config_hash, info["versions"]
         record.git_commit, record.time, record.device = info["git_commit"], info["time"], info["device_name"]
         record.wall_s = time.perf_counter() - start
-        record_result(self.out, record)
         return record
 
     def _distill(self, run: PlannedRun, model: nn.Module, io, folder: GridRunFolder) -> dict[str, Any] | None:

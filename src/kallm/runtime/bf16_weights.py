@@ -18,6 +18,7 @@ cast is cheap and the copies would hold GPU memory that large models need.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -26,7 +27,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 # keyed by identity: a tensor's == is elementwise, which a plain WeakKeyDictionary would call
 _COPIES = WeakIdKeyDictionary()
-_ORIGINALS = WeakIdKeyDictionary()  # swapped-in bf16 parameter -> the float32 parameter it stands for
+# swapped-in bf16 parameter -> a weak reference to the float32 parameter it stands for. Weak both ways: the
+# float32 parameter holds its copy (through _COPIES), so a strong reference back would keep both alive
+# after the model is gone (weak-keyed tables hold their values strongly): every model a grid ran leaked.
+_ORIGINALS = WeakIdKeyDictionary()
 
 
 def _matmul_module(module: nn.Module) -> bool:
@@ -44,7 +48,7 @@ def bf16_copy(param: torch.Tensor) -> nn.Parameter:
         # and autograd cannot save inference tensors for backward
         with torch.inference_mode(False):
             copy = nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
-        _ORIGINALS[copy] = param
+        _ORIGINALS[copy] = weakref.ref(param)
         hit = (key, copy)
         _COPIES[param] = hit
     return hit[1]
@@ -88,7 +92,9 @@ def frozen_weights_in_bf16(*modules: nn.Module | None) -> Iterator[int]:
 
 def float32_weight(weight: torch.Tensor) -> torch.Tensor:
     """The float32 parameter a swapped-in bf16 copy stands for (else `weight` in float32)."""
-    return _ORIGINALS.get(weight, weight).float()
+    ref = _ORIGINALS.get(weight)
+    original = ref() if ref is not None else None
+    return (weight if original is None else original).float()
 
 
 @contextlib.contextmanager
