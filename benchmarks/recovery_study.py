@@ -133,7 +133,7 @@ class Study:
     def __init__(self, out: Path) -> None:
         from kallm.data import load_conversations
         from kallm.evaluation.heldout.scoring import carve_heldout
-        from kallm.evaluation.heldout.sets import HELDOUT_SEED
+        from kallm.experiment.heldout_sets import HELDOUT_SEED
         from kallm.models.loading import load_model
         from kallm.runtime.precision import resolve_precision
 

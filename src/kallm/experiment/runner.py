@@ -38,9 +38,9 @@ from kallm.distill.teacher import build_teacher
 from kallm.errors import KallmError
 from kallm.evaluation.bbh import evaluate_bbh, load_tasks
 from kallm.evaluation.bbh.chance import chance_levels
-from kallm.evaluation.heldout.sets import GridHeldout, heldout_record, write_scores
 from kallm.experiment.data_record import batch_counts, fitting_order, training_counts
 from kallm.experiment.eval_cache import CachedPrefixForward
+from kallm.experiment.heldout_sets import GridHeldout, heldout_record, write_scores
 from kallm.experiment.plan import PlannedRun
 from kallm.experiment.results import finished_runs, record_result
 from kallm.experiment.run_memory import run_memory

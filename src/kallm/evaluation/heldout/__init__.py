@@ -4,7 +4,10 @@
 | --- | --- |
 | `scoring` | `HeldoutScore` (per-example sums, the one schema), `score_heldout`, `carve_heldout`, `quality_retained` |
 | `text` | plain-text held-out files: NLL per token in fixed blocks (the protocol, documented there) |
-| `sets` | a grid's held-out sets: carved once, tokenised once, their shared prefix computed once, every run scored |
+| `text` | plain text scored as a language model: fixed-length blocks, the first token of each unscored |
+
+A grid's held-out sets (carved once, tokenised once, their shared prefix computed once, every run scored)
+are kept by `kallm.experiment.heldout_sets`; the scores' schema is `kallm.folders.records.HeldoutScore`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import torch
 from kallm.data import load_conversations
 from kallm.data.sampling import source_name
 from kallm.evaluation.heldout.scoring import carve_heldout, held_sources, score_heldout
-from kallm.evaluation.heldout.sets import GridHeldout, heldout_record, source_set_name, with_source_sets
+from kallm.experiment.heldout_sets import GridHeldout, heldout_record, source_set_name, with_source_sets
 from kallm.experiment.schema import experiment_from_mapping
 from kallm.runtime.precision import resolve_precision
 from tests.tiny_models import make_tiny_model
