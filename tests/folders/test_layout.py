@@ -57,6 +57,8 @@ def test_cache_files_of_other_precisions_are_kept_apart(tmp_path):
 def test_locks_and_names():
     assert lock_of(Path("out/results.jsonl")) == Path("out/results.lock")
     assert layout.heldout_set_name("/data/chat/extra.v2.jsonl") == "extra.v2"
+    assert layout.heldout_set_name("../shared/data/text/wikitext-2/test.txt") == "wikitext-2-test"  # a split's name
+    assert layout.heldout_set_name("test.txt") == "test"
     assert layout.default_experiment_folder("demo") == "runs/demo"
     assert layout.HF_CONFIG == layout.CONFIG == "config.json"  # two files of one name, in different folders
 

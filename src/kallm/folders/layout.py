@@ -85,9 +85,16 @@ def default_experiment_folder(name: str) -> str:
 DEFAULT_TRAINING_FOLDER = f"{RUNS}/{TRAIN}"  # `kallm.train`'s output folder when none is given
 
 
+_SPLIT_NAMES = frozenset({"train", "valid", "validation", "dev", "test", "eval"})
+
+
 def heldout_set_name(path: str | Path) -> str:
-    """A user file's held-out set name in records and tables: its file name without the extension."""
-    return Path(path).stem
+    """A user file's held-out set name in records and tables: its file name without the extension, after its
+    folder's name when the file is only a split's name (`wikitext-2/test.txt` -> `wikitext-2-test`)."""
+    path = Path(path)
+    if path.stem.lower() in _SPLIT_NAMES and path.parent.name not in ("", ".", ".."):
+        return f"{path.parent.name}-{path.stem}"
+    return path.stem
 
 
 def cache_file(cache_dir: Path, stem: str, precision: str) -> Path:
