@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# Two workers on the two cores (pytest-xdist), one thread each: torch's two threads per test use them less well.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow"
 
 # The README's main job: the study's comparison on the embedded model, then its report (copied into the README).
 demo: $(STAMP)

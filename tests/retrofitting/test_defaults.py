@@ -33,4 +33,4 @@ def test_inspect_takes_the_same_defaults():
     inspect_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["inspect", "some-model"])
     assert (args.layers, args.freeze) == (None, None)  # unset: a retrofit folder shows its own settings
-    assert inspect_cmd._DEFAULTS == {"layers": defaults.LAYERS, "variant": defaults.VARIANT, "freeze": defaults.FREEZE}
+    assert inspect_cmd._DEFAULTS == {"layers": defaults.LAYERS, "variant": "baseline", "freeze": defaults.FREEZE}

@@ -6,6 +6,9 @@ import argparse
 
 from kallm.retrofitting import defaults
 
+# inspect shows the model as it is unless told what to put in (training's default variant is a KAN)
+INSPECT_VARIANT = "baseline"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show what a retrofit would replace and train (no weights needed)")
@@ -13,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "run or export folder, whose own retrofit is shown")
     p.add_argument("--layers", default=None,
                    help=f"layer selection, e.g. last:5, 20-24, -1 (default {defaults.LAYERS})")
-    p.add_argument("--variant", default=None, help=f"baseline | linear | kan:<spec>[@budget=...] (default {defaults.VARIANT})")
+    p.add_argument("--variant", default=None,
+                   help=f"baseline | linear | kan:<spec>[@budget=...] (default {INSPECT_VARIANT})")
     p.add_argument("--freeze", default=None,
                    help=f"ffn | blocks | blocks+embeddings | none (default {defaults.FREEZE})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -42,7 +46,7 @@ def format_report(report) -> str:
     return "\n".join(lines)
 
 
-_DEFAULTS = {"layers": defaults.LAYERS, "variant": defaults.VARIANT, "freeze": defaults.FREEZE}
+_DEFAULTS = {"layers": defaults.LAYERS, "variant": INSPECT_VARIANT, "freeze": defaults.FREEZE}
 
 
 def _export_skeleton(config: dict):

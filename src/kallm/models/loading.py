@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from kallm.errors import KallmError
-from kallm.folders.layout import HF_CONFIG, HF_WEIGHTS
+from kallm.folders.layout import HF_CONFIG, HF_WEIGHTS, LOCK_SUFFIX
 from kallm.folders.relative import path_in
 from kallm.io import check_output_dir, replace_dir_atomic
+from kallm.locks import held
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,13 @@ def embedded_model_dir() -> Path:
     except KallmError as exc:
         where = "$KALLM_CACHE" if os.environ.get("KALLM_CACHE") else "the cache folder (set $KALLM_CACHE to move it)"
         raise KallmError(f"{where} cannot hold the converted model {EMBEDDED_MODEL!r}: {exc}") from None
+    with held(target.parent / f"{target.name}{LOCK_SUFFIX}"):  # two processes starting together convert once
+        if not ((target / HF_CONFIG).is_file() and (target / HF_WEIGHTS).is_file()):
+            _convert_embedded(gguf, target)
+    return target
+
+
+def _convert_embedded(gguf: Path, target: Path) -> None:
     log.info("converting %s to a safetensors folder at %s (once)", gguf.name, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,7 +113,6 @@ def embedded_model_dir() -> Path:
         tokenizer.save_pretrained(tmp)
 
     replace_dir_atomic(target, write)
-    return target
 
 
 def resolve_model_path(name_or_path: str) -> str:
