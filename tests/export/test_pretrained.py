@@ -41,11 +41,13 @@ CASES = [
     *[(f"parallel-{arch}", arch, "kan:parallel(chebyshev2:2,fourier:1)") for arch in TINY_CONFIGS if arch != "llama"],
     ("linear-budget-opt", "opt", "linear@budget=0.5"),
     ("linear-hidden-gpt2", "gpt2", "linear@hidden=16"),
+    ("pruned-budget", "llama", "pruned@budget=0.5"),
+    ("pruned-opt", "opt", "pruned@hidden=24"),
 ]
 # These go the user's way: save_retrofit -> export_pretrained(folder) (which rebuilds the retrofit with
 # load_retrofit) and are compared with load_retrofit's model; the others are exported from the model in
 # memory (a second from_pretrained per case would double the test's time for no new code path).
-VIA_FOLDER = {"kan-chebyshev2", "kan-sequential-budget", "parallel-gpt2", "linear-budget-opt"}
+VIA_FOLDER = {"kan-chebyshev2", "kan-sequential-budget", "parallel-gpt2", "linear-budget-opt", "pruned-budget"}
 
 
 def _outputs(model) -> dict[str, torch.Tensor]:

@@ -29,7 +29,8 @@ def base_dir(tmp_path, smol_tokenizer):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
-@pytest.mark.parametrize("variant", ["linear", "kan:chebyshev2:2", "kan:parallel(chebyshev2:2,legendre:3)"])
+@pytest.mark.parametrize("variant", ["linear", "pruned@budget=0.5", "kan:chebyshev2:2",
+                                     "kan:parallel(chebyshev2:2,legendre:3)"])
 def test_save_load_reproduces_logits(base_dir, tmp_path, arch, variant):
     from kallm.models.loading import load_model
 

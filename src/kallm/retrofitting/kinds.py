@@ -29,6 +29,7 @@ from kallm.kan.bases import BASES
 from kallm.kan.families import FAMILY_MODULES
 from kallm.retrofitting.arch import FFNSite, model_dims
 from kallm.retrofitting.ffn import RetrofitFFN, named_projections
+from kallm.retrofitting.pruning import kept_channels, prune_projections
 from kallm.retrofitting.sizing import (
     ffn_param_count,
     kan_hidden_width,
@@ -104,6 +105,25 @@ class LinearKind(VariantKind):
         # The layer's own module class rebuilds it; only the projections' shapes are recorded.
         projections = named_projections(module.kallm_ffn)
         return {"attr": attr, "kind": "linear", "projections": {p: list(s) for p, s in projections.items()}}
+
+
+class PrunedKind(LinearKind):
+    """The model's own MLP narrowed to a width by keeping its most important channels, their weights copied
+    (`kallm.retrofitting.pruning`): the width-pruning control a KAN of the same count is compared with. It
+    exports as the narrower MLP it is (LinearKind's entry)."""
+
+    name = "pruned"
+
+    def build(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
+        d, inter = model_dims(model)
+        width = self.size(model, site, spec)
+        names = self._replaced(site)
+        keep = kept_channels([getattr(site.layer, n) for n in names], d, inter, width or inter)
+        replacements: Replacement = []
+        for name in names:
+            pruned = prune_projections(copy.deepcopy(getattr(site.layer, name)), d, inter, keep)
+            replacements.append((name, RetrofitFFN(pruned, self.name)))
+        return replacements, width
 
 
 def _basis_specs(spec: KANSpec) -> list[BasisSpec]:
@@ -185,4 +205,4 @@ class KanKind(VariantKind):
 
 
 BUILTIN_KINDS: tuple[VariantKind, ...] = tuple(
-    register_variant_kind(kind) for kind in (BaselineKind(), LinearKind(), KanKind()))
+    register_variant_kind(kind) for kind in (BaselineKind(), LinearKind(), PrunedKind(), KanKind()))

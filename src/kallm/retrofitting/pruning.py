@@ -1,0 +1,90 @@
+"""Width pruning of a model's own MLP: the compression engineer's baseline for a retrofit of a given size.
+
+An MLP d -> inter -> d (a SwiGLU's gate and up projections, or a plain up projection; fused gate_up
+projections count as several blocks of `inter`) is narrowed to `width` intermediate channels by keeping
+the channels with the largest importance and copying their weights. Importance is the product, over the
+projections of the site, of each channel's weight norm (its row into the channel, its column out of it):
+a channel whose output column is zero contributes nothing and goes first, so an MLP that only uses
+`width` of its channels is kept exactly. Data-aware refinement is distillation's job: `init: distill`
+then solves the down projection by least squares on the original's recorded activations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kallm.errors import KallmError
+from kallm.retrofitting.ffn import projection_shape, resized_projection
+
+
+def _channel_axis(shape: tuple[int, int], d: int, inter: int) -> str | None:
+    """'out' when the projection writes the intermediate channels (up, gate, fused gate_up), 'in' when it
+    reads them (down), None when it does not touch them."""
+    n_in, n_out = shape
+    if n_in == d and n_out != d and n_out % inter == 0:
+        return "out"
+    if n_out == d and n_in == inter:
+        return "in"
+    return None
+
+
+def _weight_in_out(sub: nn.Module) -> torch.Tensor:
+    """The projection's weight as (in, out), whatever its layout (Linear stores (out, in), Conv1D (in, out))."""
+    return sub.weight.T if isinstance(sub, nn.Linear) else sub.weight
+
+
+def channel_importance(modules: list[nn.Module], d: int, inter: int) -> torch.Tensor:
+    """Per intermediate channel, the product of its weight norms over every projection of `modules`."""
+    if d == inter:
+        raise KallmError(f"cannot prune an MLP whose intermediate size equals its hidden size ({d})")
+    score = torch.ones(inter, dtype=torch.float64)
+    touched = False
+    for module in modules:
+        for sub in module.modules():
+            shape = projection_shape(sub)
+            axis = None if shape is None else _channel_axis(shape, d, inter)
+            if axis is None:
+                continue
+            w = _weight_in_out(sub).detach().double()
+            norms = w.norm(dim=0) if axis == "out" else w.norm(dim=1)  # per output / per input channel
+            for block in norms.reshape(-1, inter):  # a fused gate_up holds one block per projection
+                score *= block
+            touched = True
+    if not touched:
+        raise KallmError("no projection into or out of the intermediate channels was found to prune")
+    return score
+
+
+def kept_channels(modules: list[nn.Module], d: int, inter: int, width: int) -> torch.Tensor:
+    """The `width` most important channels, in their original order (ties broken by index)."""
+    if not 0 < width <= inter:
+        raise KallmError(f"a pruned MLP's width must be between 1 and the original's {inter}, got {width}")
+    order = torch.argsort(channel_importance(modules, d, inter), descending=True, stable=True)
+    return torch.sort(order[:width]).values
+
+
+def prune_projections(module: nn.Module, d: int, inter: int, keep: torch.Tensor) -> nn.Module:
+    """`module` (a copy, changed in place) with every projection through the intermediate channels cut to
+    `keep`, its weights (and biases) copied from the kept channels."""
+    for name, sub in list(module.named_modules()):
+        shape = projection_shape(sub)
+        axis = None if shape is None else _channel_axis(shape, d, inter)
+        if axis is None:
+            continue
+        blocks = shape[1] // inter if axis == "out" else 1
+        index = torch.cat([keep + b * inter for b in range(blocks)]).to(sub.weight.device)
+        new_shape = (shape[0], len(index)) if axis == "out" else (len(index), shape[1])
+        pruned = resized_projection(sub, shape, new_shape)
+        with torch.no_grad():
+            w = _weight_in_out(sub)
+            w = w[:, index] if axis == "out" else w[index, :]
+            _weight_in_out(pruned).copy_(w)
+            if getattr(sub, "bias", None) is not None:
+                pruned.bias.copy_(sub.bias[index] if axis == "out" else sub.bias)
+        if not name:
+            module = pruned
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, child, pruned)
+    return module
