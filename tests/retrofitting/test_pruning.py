@@ -23,7 +23,8 @@ def _logits(model) -> torch.Tensor:
 def _silence_channels(model, layer: int, keep: int) -> None:
     """Zero what intermediate channels keep: onward make the MLP of `layer` use only the first `keep`."""
     _, layers = find_decoder_layers(model)
-    site = find_ffn(layers[layer])
+    index = layer % len(layers)
+    site = find_ffn(layers[index], index)
     modules = [site.module, *(getattr(site.layer, n) for n in site.bypass)]
     for module in modules:
         for sub in module.modules():
@@ -57,19 +58,20 @@ def test_an_mlp_that_uses_half_its_channels_is_recovered_exactly(arch):
 
 def test_a_fused_gate_up_keeps_the_same_channels_of_both_halves():
     model = make_tiny_model("phi3")
-    mlp = find_ffn(find_decoder_layers(model)[1][-1]).module
+    layers = find_decoder_layers(model)[1]
+    mlp = find_ffn(layers[-1], len(layers) - 1).module
     with torch.no_grad():
         mlp.down_proj.weight[:, 1::2] = 0  # only the even channels write anything
     before = _logits(model)
     retrofit(model, layers="last:1", variant="pruned@hidden=32", freeze="ffn")
     torch.testing.assert_close(_logits(model), before, rtol=1e-5, atol=1e-6)
-    pruned = find_ffn(find_decoder_layers(model)[1][-1]).module.kallm_ffn
+    pruned = find_ffn(layers[-1], len(layers) - 1).module.kallm_ffn
     assert tuple(pruned.gate_up_proj.weight.shape) == (64, 32) and tuple(pruned.down_proj.weight.shape) == (32, 32)
 
 
 def test_importance_orders_channels_and_ties_keep_their_order():
     model = make_tiny_model("llama")
-    mlp = find_ffn(find_decoder_layers(model)[1][0]).module
+    mlp = find_ffn(find_decoder_layers(model)[1][0], 0).module
     with torch.no_grad():
         mlp.down_proj.weight[:, 5] *= 100
         mlp.down_proj.weight[:, 7] = 0

@@ -95,7 +95,7 @@ class RunRecord:
     run_id: str | None = None
     variant: str | None = None  # the variant's name in the config
     spec: str | None = None  # its variant spec text
-    kind: str | None = None  # baseline | linear | kan
+    kind: str | None = None  # a registered variant kind: baseline | linear | pruned | kan | ...
     init: str | None = None
     seed: int | None = None
     same_as: str | None = None
