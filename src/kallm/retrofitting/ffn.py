@@ -72,10 +72,14 @@ def set_projection_shapes(module: nn.Module, shapes: dict[str, tuple[int, int]])
         shape = projection_shape(sub)
         if shape is None:
             raise KallmError(f"{type(module).__name__}.{name} is not a Linear or Conv1D projection")
-        resized = resized_projection(sub, shape, tuple(new_shape))
-        if not name:
-            module = resized
-            continue
-        parent_name, _, child = name.rpartition(".")
-        setattr(module.get_submodule(parent_name) if parent_name else module, child, resized)
+        module = replace_submodule(module, name, resized_projection(sub, shape, tuple(new_shape)))
+    return module
+
+
+def replace_submodule(module: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """`module` with its submodule at dotted path `name` replaced by `new` (`new` itself when `name` is '')."""
+    if not name:
+        return new
+    parent_name, _, child = name.rpartition(".")
+    setattr(module.get_submodule(parent_name) if parent_name else module, child, new)
     return module

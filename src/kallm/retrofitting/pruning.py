@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kallm.errors import KallmError
-from kallm.retrofitting.ffn import projection_shape, resized_projection
+from kallm.retrofitting.ffn import projection_shape, replace_submodule, resized_projection
 
 
 def _channel_axis(shape: tuple[int, int], d: int, inter: int) -> str | None:
@@ -82,9 +82,5 @@ def prune_projections(module: nn.Module, d: int, inter: int, keep: torch.Tensor)
             _weight_in_out(pruned).copy_(w)
             if getattr(sub, "bias", None) is not None:
                 pruned.bias.copy_(sub.bias[index] if axis == "out" else sub.bias)
-        if not name:
-            module = pruned
-            continue
-        parent, _, child = name.rpartition(".")
-        setattr(module.get_submodule(parent) if parent else module, child, pruned)
+        module = replace_submodule(module, name, pruned)
     return module
