@@ -119,7 +119,8 @@ def main() -> None:
     from kallm.models.prefix import PrefixCache
     from kallm.training.config import TrainConfig
     from kallm.training.loss import StepLoss
-    from kallm.training.objective import LossSpec, ObjectiveLoss, kd_row_mask
+    from kallm.training.loss_terms import kd_row_mask
+    from kallm.training.objective import LossSpec, ObjectiveLoss
     from kallm.training.optim import build_optimizer
 
     setups = {}
