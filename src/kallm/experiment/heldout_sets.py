@@ -25,7 +25,13 @@ from kallm.errors import KallmError
 from kallm.evaluation.heldout.scoring import carve_heldout, held_sources, score_heldout, split_by_source
 from kallm.evaluation.heldout.text import is_text_set, load_text_set
 from kallm.experiment.schema import ExperimentConfig
-from kallm.folders.layout import DEFAULT_HELDOUT_SET, GridRunFolder, cache_file, heldout_set_name
+from kallm.folders.layout import (
+    DEFAULT_HELDOUT_SET,
+    GridRunFolder,
+    cache_file,
+    heldout_set_name,
+    source_set_name,
+)
 from kallm.folders.records import HeldoutScore, HeldoutScores, write_heldout_scores
 from kallm.models.prefix import PrefixCache
 from kallm.runtime.precision import Precision
@@ -33,11 +39,6 @@ from kallm.runtime.precision import Precision
 log = logging.getLogger(__name__)
 
 HELDOUT_SEED = 0  # fixed for the grid: every run and every seed sees the same held-out conversations
-
-
-def source_set_name(source: str) -> str:
-    """The set name of the default set's part from one training source: `heldout:<source name>`."""
-    return f"{DEFAULT_HELDOUT_SET}:{source}"
 
 
 class GridHeldout:

@@ -56,16 +56,10 @@ def record_result(out: Path, record: RunRecord) -> None:
         append_jsonl_atomic(results, [record.to_dict()])
 
 
-def prepare_output(config: ExperimentConfig, out: Path, force: bool = False) -> None:
-    """Bind the folder to `config` (config.json). Once it holds a result, another config is refused (unless
-    `force`); until then it is rebound, so a config fixed after a failed start is welcome."""
-    folder = ExperimentFolder(out)
-    with locked(folder.results):
-        _bind(config, folder, force)
-
-
 def _bind(config: ExperimentConfig, folder: ExperimentFolder, force: bool) -> None:
-    """prepare_output's work; the caller holds the books' lock."""
+    """Bind the folder to `config` (config.json); the caller holds the books' lock. Once it holds a result,
+    another config is refused (unless `force`); until then it is rebound, so a config fixed after a failed
+    start is welcome."""
     out, path = folder.root, folder.config
     remove_stale_temps(out)  # under the books' lock: no other process is writing them now
     if path.is_file():
@@ -87,7 +81,7 @@ def _bind(config: ExperimentConfig, folder: ExperimentFolder, force: bool) -> No
 
 @contextlib.contextmanager
 def bound_output(config: ExperimentConfig, out: Path, force: bool = False) -> Iterator[None]:
-    """`prepare_output`, then keep the folder bound to `config` until the block ends: a process running
+    """Bind the folder to `config`, then keep it bound to `config` until the block ends: a process running
     another config on it meanwhile is refused (even with `force`), one running this config joins.
 
     Decided under the books' lock, so two processes started at the same moment cannot both bind the folder.

@@ -86,6 +86,8 @@ class GridRunner:
         self._chance: dict[str, float] | None = None
         self._distill_io: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._prepared: tuple[list, list] | None = None
+        self._data: dict[str, Any] | None = None  # the grid's data record: the same for every run
+        self._fit_counts: dict[str, Any] | None = None  # ... and what the fit reads, for runs that fit
 
     # ------------------------------------------------------------ shared inputs
 
@@ -173,14 +175,17 @@ class GridRunner:
 
     def data_record(self, tokenizer, fitted: bool) -> dict[str, Any]:
         """Per-source conversation/token counts of training, fitting (when `fitted`) and the carved set."""
-        train = self.config.train
-        counts = training_counts(self.prepared(tokenizer), self.conversations(tokenizer))
-        out = {"seed": train.data_seed, "max_conversations": train.max_conversations, "mix": train.mix,
-               "loaded": count_by_source(self.loaded_data().item_files()), "train": counts,
-               "heldout": self.heldout.carved_counts()}
-        if fitted:
-            out["fit"] = batch_counts(self.distill_batches(tokenizer), self.conversations(tokenizer))
-        return out
+        if self._data is None:
+            train = self.config.train
+            counts = training_counts(self.prepared(tokenizer), self.conversations(tokenizer))
+            self._data = {"seed": train.data_seed, "max_conversations": train.max_conversations, "mix": train.mix,
+                          "loaded": count_by_source(self.loaded_data().item_files()), "train": counts,
+                          "heldout": self.heldout.carved_counts()}
+        if not fitted:
+            return dict(self._data)
+        if self._fit_counts is None:
+            self._fit_counts = batch_counts(self.distill_batches(tokenizer), self.conversations(tokenizer))
+        return {**self._data, "fit": self._fit_counts}
 
     def eval_forward(self, model: nn.Module, report: RetrofitReport) -> CachedPrefixForward | None:
         """The shared prefix-cached forward for likelihood evaluation, when it is valid."""

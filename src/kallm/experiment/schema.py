@@ -28,7 +28,7 @@ from kallm.errors import KallmError
 from kallm.evaluation.bbh.evaluate import EvalSettings
 from kallm.evaluation.bbh.tasks import DEFAULT_HUB_ID, HUB_PREFIX
 from kallm.experiment.validate import check_curriculum_steps, check_metric, check_tasks
-from kallm.folders.layout import DEFAULT_HELDOUT_SET, default_experiment_folder, heldout_set_name
+from kallm.folders.layout import default_experiment_folder, heldout_set_name, is_carved_set
 from kallm.folders.relative import path_in
 from kallm.models.loading import check_device_name, model_in
 from kallm.provenance import config_hash
@@ -107,7 +107,7 @@ class EvalConfig(EvalSettings):
         self._check_text_protocol()
         names = [heldout_set_name(p) for p in self.heldout]
         for i, name in enumerate(names):
-            ours = name == DEFAULT_HELDOUT_SET or name.startswith(f"{DEFAULT_HELDOUT_SET}:")
+            ours = is_carved_set(name)
             if name in names[:i] or ours:
                 raise FieldError(f"heldout[{i}]", f"held-out sets are named by file name: {name!r} is taken "
                                                   f"({'by the carved sets' if ours else 'by another file'})")

@@ -85,6 +85,16 @@ def default_experiment_folder(name: str) -> str:
 DEFAULT_TRAINING_FOLDER = f"{RUNS}/{TRAIN}"  # `kallm.train`'s output folder when none is given
 
 
+def source_set_name(source: str) -> str:
+    """The name of the carved set's part from one training source file: `heldout:<source name>`."""
+    return f"{DEFAULT_HELDOUT_SET}:{source}"
+
+
+def is_carved_set(name: str) -> bool:
+    """Whether a set name is the carved set or one of its parts by source (names user files may not take)."""
+    return name == DEFAULT_HELDOUT_SET or name.startswith(f"{DEFAULT_HELDOUT_SET}:")
+
+
 _SPLIT_NAMES = frozenset({"train", "valid", "validation", "dev", "test", "eval"})
 
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kallm.folders.layout import DEFAULT_HELDOUT_SET as CARVED
+from kallm.folders.layout import is_carved_set
 from kallm.report.heldout_comparisons import N_RESAMPLES, load_runs, original_of
 from kallm.report.records import VariantSummary, get
 from kallm.report.stats import DifferenceCI, nll_difference_ci
 from kallm.report.tables import DASH, md_table
 
-CARVED = "heldout"  # the set carved from the training data; its parts by source are "heldout:<source>"
 TRAINED, UNSEEN = "from the training sources", "never seen in training"
 
 
@@ -46,7 +47,7 @@ def set_names(summaries: list[VariantSummary]) -> list[str]:
         for r in s.records:
             sets = get(r, "heldout.sets") or ({get(r, "heldout.set") or CARVED: {}} if get(r, "heldout") else {})
             names += [n for n in sets if n not in names]
-    return sorted(names, key=lambda n: (n != CARVED, not n.startswith(f"{CARVED}:")))
+    return sorted(names, key=lambda n: (n != CARVED, not is_carved_set(n)))
 
 
 def training_sources(summaries: list[VariantSummary]) -> list[str]:
@@ -60,7 +61,7 @@ def training_sources(summaries: list[VariantSummary]) -> list[str]:
 
 def origin(set_name: str, sources: list[str]) -> str:
     """Whether a set comes from the training sources (carved from them, or the same file) or was never seen."""
-    if set_name == CARVED or set_name.startswith(f"{CARVED}:") or set_name in sources:
+    if is_carved_set(set_name) or set_name in sources:
         return TRAINED
     return UNSEEN
 
