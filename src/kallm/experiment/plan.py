@@ -40,12 +40,13 @@ def final_spec(variant: VariantConfig, counts: Mapping[str, int] | None = None) 
 
 
 def plan_runs(config: ExperimentConfig, counts: Mapping[str, int] | None = None) -> list[PlannedRun]:
-    """Deterministic order: variants as listed, seeds as listed; the baseline once."""
+    """Deterministic order: variants as listed (budgets expanded, then controls), seeds as listed (a variant's
+    own subset in the same order); the baseline once."""
     runs = []
     for v in config.variants:
         spec = final_spec(v, counts)
         if v.trained:
-            runs += [PlannedRun(f"{v.name}.seed{s}", v, s, spec) for s in config.seeds]
+            runs += [PlannedRun(f"{v.name}.seed{s}", v, s, spec) for s in v.seeds or config.seeds]
         else:
             runs.append(PlannedRun(v.name, v, None, spec))
     return runs

@@ -283,7 +283,7 @@ class GridRunner:
         record.data = self.data_record(tokenizer, fitted=v.init == "distill")
         record.params = {"total": report.total_params, "trainable": report.trainable_params if v.trained else 0,
                          "replaced_old": report.replaced_old_params, "replaced_new": report.replaced_new_params,
-                         "hidden_width": report.hidden_width}
+                         "hidden_width": report.hidden_width, "new_per_layer": report.new_params_per_layer}
         record.metric, record.scores, record.eval = self._evaluate(model, tokenizer, report, folder.eval.root)
         info = run_info()
         record.config_hash, record.versions = self.config.config_hash, info["versions"]

@@ -27,6 +27,7 @@ from kallm.distill.layerwise import DistillConfig
 from kallm.errors import KallmError
 from kallm.evaluation.bbh.evaluate import EvalSettings
 from kallm.evaluation.bbh.tasks import DEFAULT_HUB_ID, HUB_PREFIX
+from kallm.experiment.budgets import expand, frontier_key, read_budget
 from kallm.experiment.validate import check_curriculum_steps, check_metric, check_tasks
 from kallm.folders.layout import default_experiment_folder, heldout_set_name, is_carved_set
 from kallm.folders.relative import path_in
@@ -138,7 +139,9 @@ class VariantConfig:
 
     `budget` may be written beside `spec` (`budget: match`, `0.5`, `2000000`): it is folded into `spec`.
     `budget: same-as NAME` sizes this variant to NAME's new-FFN parameter count; it is resolved when the
-    grid is planned against the model (see `kallm.experiment.plan.resolve_budgets`).
+    grid is planned against the model (see `kallm.experiment.plan.resolve_budgets`). `budgets: [0.25, 0.5]`
+    instead makes the entry one variant per budget (`kallm.experiment.budgets`). `seeds` runs a subset of the
+    experiment's seeds.
     """
 
     name: str
@@ -148,18 +151,21 @@ class VariantConfig:
     budget: str | int | float | None = None
     # [[step, degree], ...]: from `step` on, train with polynomial degree `degree`.
     curriculum: DegreeSchedule | None = None
+    budgets: list[str | int | float] | None = None  # one variant per budget (a frontier); expanded by the experiment
+    seeds: list[int] | None = None  # None: the experiment's seeds; else a subset of them
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
             raise FieldError("name", f"{self.name!r} is not a valid variant name; use letters, digits, '_', '.', '-', "
                                      "not starting with '.'")
         if not self.spec.trained:
-            for key in ("init", "budget", "curriculum"):
+            for key in ("init", "budget", "curriculum", "budgets", "seeds"):
                 if getattr(self, key) is not None:
                     raise FieldError(key, f"variant {self.name!r} is the untouched baseline; it cannot have {key!r}")
             return
         if self.init is None:
             self.init = "random"
+        self._check_budgets()
         self._fold_budget()
         if self.init == "original" and (self.spec.kind != "linear" or self.spec.budget is not None
                                         or self.spec.hidden is not None or self.same_as or self.curriculum):
@@ -189,6 +195,26 @@ class VariantConfig:
                 raise FieldError("budget", f"write '{SAME_AS} VARIANT' with the name of another variant")
             return
         self.spec, self.budget = sized, None
+
+    def _check_budgets(self) -> None:
+        if self.budgets is None:
+            return
+        if self.budget is not None or self.spec.budget is not None or self.spec.hidden is not None:
+            raise FieldError("budgets", f"give either budget or budgets; the spec '{self.spec}' has a size already"
+                             if self.budget is None else "give either budget or budgets, not both")
+        if not self.budgets:
+            raise FieldError("budgets", "must list at least one budget, e.g. [0.25, 0.5, 1.0] (ratios of the "
+                                        "replaced FFN's parameter count), 'match' or parameter counts")
+        seen = []
+        for k, value in enumerate(self.budgets):
+            try:
+                budget = read_budget(value)
+                self.spec.with_budget(budget)  # the spec checks that it can take a budget at all
+            except KallmError as exc:
+                raise FieldError(f"budgets[{k}]", str(exc)) from None
+            if frontier_key(budget) in seen:
+                raise FieldError(f"budgets[{k}]", f"budget {value!r} is listed twice")
+            seen.append(frontier_key(budget))
 
     @property
     def same_as(self) -> str | None:
@@ -223,6 +249,10 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig | None = None
     notes: str | None = None  # free text for the report: what the run was sized to, and why
+    # The frontier (kallm.experiment.budgets): control kinds matched at every budget of `budgets:` entries
+    # (None: pruned and linear when a variant has budgets), and the seeds per budget.
+    controls: list[str] | None = None
+    budget_seeds: dict[str | int | float, list[int]] | None = None
     source: Path | None = field(default=None, metadata=INTERNAL, compare=False)
     lines: Lines | None = field(default=None, metadata=INTERNAL, compare=False, repr=False)
 
@@ -250,28 +280,35 @@ class ExperimentConfig:
             check_seed(seed, f"seeds[{i}]")
             if seed in self.seeds[:i]:
                 raise FieldError(f"seeds[{i}]", f"seed {seed} is listed twice")
+        if self.variants:
+            expanded = expand(self.variants, self.controls, self.budget_seeds, self.seeds)
+            self.variants, self._keys = expanded.variants, expanded.keys
+            # Expanded: the variants hold them now (so `dataclasses.replace` of the config sees the same grid).
+            self.controls = self.budget_seeds = None
         self._check_variants()
 
     def _check_variants(self) -> None:
         if not self.variants:
             raise FieldError("variants", "must list at least one variant, e.g. {name: linear-restart, spec: linear}")
         names = [v.name for v in self.variants]
-        for i, v in enumerate(self.variants):
+        for key, v, i in zip(self._keys, self.variants, range(len(names)), strict=True):
             if v.name in names[:i]:
-                raise FieldError(f"variants[{i}].name", f"variant name {v.name!r} is used twice")
+                where = key if key == "controls" or ".budgets[" in key else f"{key}.name"
+                raise FieldError(where, f"variant name {v.name!r} is used twice (names of budgets and controls "
+                                        f"are <name>-<budget>, <kind>-<budget>)")
             if v.curriculum is not None:
                 try:
                     check_curriculum_steps(v.curriculum, self.train.steps)
                 except KallmError as exc:
-                    raise FieldError(f"variants[{i}].curriculum", str(exc)) from None
+                    raise FieldError(f"{key}.curriculum", str(exc)) from None
             if v.same_as is None:
                 continue
             if v.same_as not in names:
-                raise FieldError(f"variants[{i}].budget", unknown_name_message("variant", v.same_as, names))
+                raise FieldError(f"{key}.budget", unknown_name_message("variant", v.same_as, names))
             target = self.variant(v.same_as)
             if target is v or not target.trained or target.same_as is not None:
-                raise FieldError(f"variants[{i}].budget", f"{SAME_AS} needs another trained variant with a size "
-                                                          f"of its own; {v.same_as!r} is not one")
+                raise FieldError(f"{key}.budget", f"{SAME_AS} needs another trained variant with a size "
+                                                  f"of its own; {v.same_as!r} is not one")
 
     def base_dir(self, key: str) -> Path:
         """The folder a relative path at `key` is relative to: that of the file setting it (else the config's)."""
@@ -318,7 +355,15 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (includes merged, defaults filled) as JSON-ready data, for recording."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("kallm_internal")}
-        return json.loads(json.dumps(_plain(data), default=str))
+        data = json.loads(json.dumps(_plain(data), default=str))
+        # The frontier's keys are in the expanded variants; unset keys are left out, so a config that uses
+        # none of them records (and hashes) as before they existed.
+        del data["controls"], data["budget_seeds"]
+        for variant in data["variants"]:
+            for key in ("budgets", "seeds"):
+                if variant.get(key) is None:
+                    variant.pop(key, None)
+        return data
 
     @property
     def config_hash(self) -> str:

@@ -31,6 +31,7 @@ RESULTS = "results.jsonl"
 NOTES = "notes.md"
 REPORT = "report.md"
 PLOTS = "plots"
+FRONTIER_PLOT = "frontier.png"  # in plots/: the report's quality-parameter frontier
 CACHE = "cache"
 RUNS = "runs"
 LOCK = ".lock"  # a folder's own lock file

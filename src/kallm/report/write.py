@@ -16,8 +16,8 @@ from kallm.folders import layout
 from kallm.folders.layout import PLOTS, REPORT, ExperimentFolder
 from kallm.folders.records import RunRecord
 from kallm.io import check_output_dir, read_json, write_text_atomic
+from kallm.report import frontier, per_set, plots, tables, verdict
 from kallm.report import heldout_comparisons as heldout
-from kallm.report import per_set, plots, tables, verdict
 from kallm.report.heldout_comparisons import HeldoutComparison
 from kallm.report.records import (
     RESULTS_FILE,
@@ -213,7 +213,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     notes = _notes(run_dir)
     if notes:
         md += ["## Notes", "", notes, ""]
-    md += _heldout_section(a, image) + _bbh_section(a, image)
+    md += _heldout_section(a, image)
+    md += frontier.section(run_dir, a.summaries, by_set, out.parent / PLOTS_DIR)
+    md += _bbh_section(a, image)
     training = tables.training_table(a.summaries)
     if training or "loss_curves" in saved:
         md += ["## Training", ""] + ([training, ""] if training else []) + image("loss_curves", "training losses")

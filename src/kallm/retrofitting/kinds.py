@@ -46,6 +46,7 @@ class BaselineKind(VariantKind):
 
     name = "baseline"
     trained = False
+    role = "baseline"
 
     def check(self, spec: VariantSpec) -> None:
         if spec.budget is not None or spec.hidden is not None:
@@ -73,6 +74,7 @@ class LinearKind(VariantKind):
 
     name = "linear"
     options = ("budget", "hidden")
+    role = "control"  # the fresh MLP of the model's own class
 
     @staticmethod
     def _replaced(site: FFNSite) -> list[str]:
@@ -113,6 +115,7 @@ class PrunedKind(LinearKind):
     exports as the narrower MLP it is (LinearKind's entry)."""
 
     name = "pruned"
+    role = "control"  # the original MLP narrowed: the compression engineer's first try
 
     def build(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
         d, inter = model_dims(model)
@@ -146,6 +149,7 @@ class KanKind(VariantKind):
 
     name = "kan"
     options = ("budget", "hidden")
+    role = "kan"
 
     def parse(self, body: str, text: str, budget: Budget | None, hidden: int | None) -> VariantSpec:
         if not body:

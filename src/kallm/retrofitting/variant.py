@@ -35,6 +35,8 @@ from kallm.registry import Registry, unknown_name_message
 from kallm.retrofitting.arch import FFNSite
 
 BudgetKind = Literal["match", "ratio", "count"]
+KindRole = Literal["baseline", "kan", "control"]
+KIND_ROLES: tuple[str, ...] = get_args(KindRole)
 _OPTIONS = ("budget", "hidden")
 
 
@@ -99,6 +101,10 @@ class VariantKind:
 
     name: str = ""
     trained: bool = True  # False: the untouched model, nothing to build
+    # What the kind is in a study, for the report's frontier (kallm.report.frontier): "baseline" (the untouched
+    # model), "kan" (a KAN layer or KAN functions in place of the FFN), "control" (an MLP a compression engineer
+    # would try instead: a fresh or a pruned MLP of the model's own class, the KAN's rival at equal parameters).
+    role: KindRole = "kan"
     options: tuple[str, ...] = ()  # which of budget=, hidden= the kind accepts
 
     def parse_arg(self, body: str, text: str) -> str | None:
@@ -167,6 +173,8 @@ def register_variant_kind(kind: VariantKind) -> VariantKind:
     """Make `kind` a variant (`<kind.name>[:spec][@options]`); returns it. Names are lower-case identifiers."""
     if not isinstance(kind, VariantKind) or not _KIND_NAME.match(kind.name):
         raise KallmError(f"a variant kind must be a VariantKind instance with a lower-case name, got {kind!r}")
+    if kind.role not in KIND_ROLES:
+        raise KallmError(f"variant kind {kind.name!r}: role must be one of {', '.join(KIND_ROLES)}, got {kind.role!r}")
     VARIANT_KINDS.add(kind.name, kind)
     return kind
 
