@@ -4,7 +4,7 @@ per budget, and the matched controls (`controls:`) added once per distinct budge
     variants:
       - {name: kan-cheb4, spec: "kan:chebyshev4:2", init: distill, budgets: [0.25, 0.5, 1.0]}
     controls: [pruned, linear]       # the default when a variant has budgets; [] for none
-    budget_seeds: {0.5: [0, 1]}      # the seeds of every variant and control at that budget
+    budget_seeds: {0.5x: [0, 1]}     # the seeds of every variant and control at that budget
 
 gives kan-cheb4-0.25x, kan-cheb4-0.5x, kan-cheb4-1x and pruned-0.25x, linear-0.25x, pruned-0.5x, ... (each
 `<kind>@budget=<b>` with `init: distill`: fitted to the original blocks as a KAN of `init: distill` is).
@@ -53,6 +53,17 @@ def read_budget(value: str | int | float) -> Budget:
     return budget
 
 
+def read_budget_key(key: str) -> Budget:
+    """A `budget_seeds:` key: a budget as its name suffix ('0.5x', '1x', 'match') or as Budget text ('0.5')."""
+    text = str(key).strip()
+    if text.endswith("x"):
+        try:
+            return Budget("ratio", float(text[:-1]))
+        except ValueError:
+            pass
+    return read_budget(text)
+
+
 def control_kinds() -> list[str]:
     """The registered kinds that can be a matched control: role 'control' and sized by a budget."""
     return [name for name in VARIANT_KINDS.names()
@@ -68,7 +79,7 @@ def check_controls(controls: list[str]) -> None:
             raise FieldError(f"controls[{i}]", f"control kind {name!r} is listed twice")
 
 
-def read_budget_seeds(budget_seeds: dict[str | int | float, list[int]], budgets: list[Budget],
+def read_budget_seeds(budget_seeds: dict[str, list[int]], budgets: list[Budget],
                       seeds: list[int]) -> dict[Budget, list[int]]:
     """`budget_seeds:` keyed by the frontier's budgets; each list a subset of the top-level seeds."""
     out: dict[Budget, list[int]] = {}
@@ -76,7 +87,7 @@ def read_budget_seeds(budget_seeds: dict[str | int | float, list[int]], budgets:
     for key, listed in budget_seeds.items():
         where = f"budget_seeds.{key}"
         try:
-            budget = frontier_key(read_budget(key))
+            budget = frontier_key(read_budget_key(key))
         except KallmError as exc:
             raise FieldError(where, str(exc)) from None
         if budget not in budgets:
@@ -107,7 +118,7 @@ class Expanded:
 
 
 def expand(variants: list[VariantConfig], controls: list[str] | None,
-           budget_seeds: dict[str | int | float, list[int]] | None, seeds: list[int]) -> Expanded:
+           budget_seeds: dict[str, list[int]] | None, seeds: list[int]) -> Expanded:
     """Each `budgets:` entry as one variant per budget, then the controls per distinct budget, in order."""
     budgets = list(dict.fromkeys(frontier_key(read_budget(b)) for v in variants for b in v.budgets or []))
     if controls is not None:
@@ -129,6 +140,7 @@ def expand(variants: list[VariantConfig], controls: list[str] | None,
             budget = read_budget(value)
             point = per_budget.get(frontier_key(budget), v.seeds)
             at_budget.setdefault(frontier_key(budget), []).extend(point or seeds)
+            point = None if point == seeds else point  # the default, written as such
             out.append(_point(v, budget, point, f"variants[{i}]"))
             keys.append(f"variants[{i}].budgets[{k}]")
     for budget in budgets:

@@ -252,7 +252,7 @@ class ExperimentConfig:
     # The frontier (kallm.experiment.budgets): control kinds matched at every budget of `budgets:` entries
     # (None: pruned and linear when a variant has budgets), and the seeds per budget.
     controls: list[str] | None = None
-    budget_seeds: dict[str | int | float, list[int]] | None = None
+    budget_seeds: dict[str, list[int]] | None = None  # {0.5x: [0, 1]}: keys as the variant names' suffixes
     source: Path | None = field(default=None, metadata=INTERNAL, compare=False)
     lines: Lines | None = field(default=None, metadata=INTERNAL, compare=False, repr=False)
 
