@@ -175,9 +175,9 @@ def _against(f: Frontier, kan: Point, control: Point | None, kind: str) -> str:
     for n in f.sets:
         ci = difference(f.run_dir, kan.summary, control.summary, n)
         by_outcome.setdefault(outcome(ci), []).append(n)
-    parts = [f"{word} it on {', '.join(names)}" if word != EVEN else f"is {EVEN} from it on {', '.join(names)}"
-             for word, names in by_outcome.items()]
-    return f"against {control.name} it " + "; ".join(parts) if parts else f"{control.name} has no scores"
+    verbs = {BEATS: "beats", WORSE: "is worse than", EVEN: f"is {EVEN} from"}
+    return "it " + " and ".join(f"{verbs[word]} {control.name} on {', '.join(names)}"
+                                for word, names in by_outcome.items())
 
 
 def verdict_lines(f: Frontier) -> list[str]:
