@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kallm.errors import ConfigError
+from kallm.experiment import run_experiment
 from kallm.experiment.budgets import budget_label, control_kinds
 from kallm.experiment.plan import plan_runs
 from kallm.experiment.schema import ExperimentConfig, load_experiment_config
@@ -131,3 +132,19 @@ def test_control_specs_parse_back():
     for kind in control_kinds():
         spec = parse_variant(kind).with_budget(Budget("ratio", 0.5))
         assert parse_variant(str(spec)) == spec
+
+
+def test_the_dry_run_plans_the_expanded_grid_with_its_sizes(tmp_path, tiny_base, chat_file, shared_data):
+    from tests.experiment.test_runner import write_config
+
+    path = write_config(tmp_path, tiny_base, chat_file, shared_data, seeds=[0], variants=[
+        {"name": "original", "spec": "baseline"},
+        {"name": "cheb", "spec": SEQ, "init": "distill", "budgets": [0.5, 1.0]}])
+    rows = {r["run_id"]: r for r in run_experiment(path, dry_run=True)}
+    assert list(rows) == ["original", "cheb-0.5x.seed0", "cheb-1x.seed0", "pruned-0.5x.seed0", "linear-0.5x.seed0",
+                          "pruned-1x.seed0", "linear-1x.seed0"]
+    ffn = 2 * 3 * 32 * 64  # the tiny llama's SwiGLU (3 projections of 32 x 64) in the 2 replaced layers
+    for name, ratio in (("cheb-0.5x", 0.5), ("pruned-0.5x", 0.5), ("linear-1x", 1.0)):
+        new = rows[f"{name}.seed0"]["replaced_new"]
+        assert abs(new - ratio * ffn) <= 0.1 * ffn, (name, new)
+    assert rows["pruned-0.5x.seed0"]["init"] == "distill" and rows["linear-1x.seed0"]["spec"] == "linear@budget=1.0"

@@ -109,7 +109,7 @@ def test_two_shards_then_rerun(tmp_path, tiny_base, chat_file, shared_data):
     records = read_jsonl(out / "results.jsonl")
     assert sorted(r["run_id"] for r in records) == ["baseline", "kan.seed0", "linear-restart.seed0"]
     kan = next(r for r in records if r["run_id"] == "kan.seed0")
-    assert kan["params"]["trainable"] == 2 * 4 * 32 * 32
+    assert kan["params"]["trainable"] == 2 * 4 * 32 * 32 and kan["params"]["new_per_layer"] == 4 * 32 * 32
     assert kan["train"]["steps"] == 4 and kan["train"]["final_eval_loss"] is not None
     assert set(kan["scores"]["per_task"]) == {"navigate", "boolean_expressions"}
     assert 0.0 <= kan["scores"]["average"] <= 1.0
