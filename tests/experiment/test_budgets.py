@@ -11,10 +11,10 @@ import pytest
 
 from kallm.errors import ConfigError
 from kallm.experiment import run_experiment
-from kallm.experiment.budgets import budget_label, control_kinds
+from kallm.experiment.budgets import control_kinds
 from kallm.experiment.plan import plan_runs
 from kallm.experiment.schema import ExperimentConfig, load_experiment_config
-from kallm.retrofitting.variant import VARIANT_KINDS, Budget, parse_variant
+from kallm.retrofitting.variant import VARIANT_KINDS, Budget, budget_label, parse_variant
 
 SEQ = "kan:sequential(chebyshev2:2,chebyshev2:2)"
 LEG = "kan:sequential(legendre:3,legendre:3)"

@@ -3,6 +3,7 @@
 | module | concept |
 | --- | --- |
 | `schema` | the experiment config (`ExperimentConfig`, `VariantConfig`, its train/eval sections) |
+| `budgets` | a frontier: `budgets:` entries expanded per budget, matched `controls:`, `budget_seeds:` |
 | `plan` | the planned runs, shards, `same-as` sizing, dry-run counts |
 | `results` | the folder's books: bound config, results.jsonl under a lock |
 | `validate` | the rules a config must meet, one function each (names at load time, the rest before the runs) |

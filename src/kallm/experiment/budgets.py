@@ -19,7 +19,14 @@ from typing import Any
 from kallm.config.mapping import FieldError
 from kallm.errors import KallmError
 from kallm.registry import unknown_name_message
-from kallm.retrofitting.variant import VARIANT_KINDS, Budget, VariantSpec, parse_variant
+from kallm.retrofitting.variant import (
+    VARIANT_KINDS,
+    Budget,
+    VariantSpec,
+    budget_label,
+    frontier_key,
+    parse_variant,
+)
 
 # The schema's VariantConfig: this module is imported by kallm.experiment.schema, so it cannot import it back.
 VariantConfig = Any
@@ -27,18 +34,6 @@ VariantConfig = Any
 DEFAULT_CONTROLS = ("pruned", "linear")
 CONTROL_INIT = "distill"
 _SMALLEST_COUNT = 100  # an integer budget below this is a parameter count no FFN fits: surely a ratio meant
-
-
-def budget_label(budget: Budget) -> str:
-    """The budget as a variant-name suffix: '0.5x' (a ratio), 'match', '2000000' (a parameter count)."""
-    if budget.kind == "ratio":
-        return f"{budget.value:g}x"
-    return str(budget)
-
-
-def frontier_key(budget: Budget) -> Budget:
-    """One point of the frontier per size: `match` is the ratio 1."""
-    return Budget("ratio", 1.0) if budget.kind == "match" else budget
 
 
 def read_budget(value: str | int | float) -> Budget:

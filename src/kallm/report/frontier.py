@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from kallm.experiment.budgets import budget_label, frontier_key
 from kallm.folders.layout import FRONTIER_PLOT, PLOTS
 from kallm.report.heldout_comparisons import N_RESAMPLES, linear_restart_of, load_runs
 from kallm.report.per_set import SetComparison
@@ -24,7 +23,7 @@ from kallm.report.plots import save_figure
 from kallm.report.records import VariantSummary, number
 from kallm.report.stats import DifferenceCI, nll_difference_ci
 from kallm.report.tables import DASH, md_table
-from kallm.retrofitting.variant import VARIANT_KINDS, Budget
+from kallm.retrofitting.variant import VARIANT_KINDS, Budget, budget_label, frontier_key
 
 logger = logging.getLogger(__name__)
 

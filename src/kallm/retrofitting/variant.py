@@ -91,6 +91,18 @@ class Budget:
         return repr(float(self.value)) if self.kind == "ratio" else str(int(self.value))
 
 
+def budget_label(budget: Budget) -> str:
+    """The budget as a variant-name suffix (a frontier's names): '0.5x' (a ratio), 'match', '2000000' (a count)."""
+    if budget.kind == "ratio":
+        return f"{budget.value:g}x"
+    return str(budget)
+
+
+def frontier_key(budget: Budget) -> Budget:
+    """One point of a frontier per size: `match` is the ratio 1."""
+    return Budget("ratio", 1.0) if budget.kind == "match" else budget
+
+
 class VariantKind:
     """One kind of replacement FFN: its grammar, its modules, their size, and how an export rebuilds them.
 
