@@ -59,6 +59,28 @@ def read_budget_key(key: str) -> Budget:
     return read_budget(text)
 
 
+def check_budgets(v: VariantConfig) -> None:
+    """A variant's `budgets:`: each one it can be sized with, none twice, and no size of its own besides."""
+    if v.budgets is None:
+        return
+    if v.budget is not None or v.spec.budget is not None or v.spec.hidden is not None:
+        raise FieldError("budgets", f"give either budget or budgets; the spec '{v.spec}' has a size already"
+                         if v.budget is None else "give either budget or budgets, not both")
+    if not v.budgets:
+        raise FieldError("budgets", "must list at least one budget, e.g. [0.25, 0.5, 1.0] (ratios of the "
+                                    "replaced FFN's parameter count), 'match' or parameter counts")
+    seen = []
+    for k, value in enumerate(v.budgets):
+        try:
+            budget = read_budget(value)
+            v.spec.with_budget(budget)  # the spec checks that it can take a budget at all
+        except KallmError as exc:
+            raise FieldError(f"budgets[{k}]", str(exc)) from None
+        if frontier_key(budget) in seen:
+            raise FieldError(f"budgets[{k}]", f"budget {value!r} is listed twice")
+        seen.append(frontier_key(budget))
+
+
 def control_kinds() -> list[str]:
     """The registered kinds that can be a matched control: role 'control' and sized by a budget."""
     return [name for name in VARIANT_KINDS.names()

@@ -27,7 +27,7 @@ from kallm.distill.layerwise import DistillConfig
 from kallm.errors import KallmError
 from kallm.evaluation.bbh.evaluate import EvalSettings
 from kallm.evaluation.bbh.tasks import DEFAULT_HUB_ID, HUB_PREFIX
-from kallm.experiment.budgets import expand, frontier_key, read_budget
+from kallm.experiment.budgets import check_budgets, expand
 from kallm.experiment.validate import check_curriculum_steps, check_metric, check_tasks
 from kallm.folders.layout import default_experiment_folder, heldout_set_name, is_carved_set
 from kallm.folders.relative import path_in
@@ -165,7 +165,7 @@ class VariantConfig:
             return
         if self.init is None:
             self.init = "random"
-        self._check_budgets()
+        check_budgets(self)  # before the budget is folded into the spec
         self._fold_budget()
         if self.init == "original" and (self.spec.kind != "linear" or self.spec.budget is not None
                                         or self.spec.hidden is not None or self.same_as or self.curriculum):
@@ -195,26 +195,6 @@ class VariantConfig:
                 raise FieldError("budget", f"write '{SAME_AS} VARIANT' with the name of another variant")
             return
         self.spec, self.budget = sized, None
-
-    def _check_budgets(self) -> None:
-        if self.budgets is None:
-            return
-        if self.budget is not None or self.spec.budget is not None or self.spec.hidden is not None:
-            raise FieldError("budgets", f"give either budget or budgets; the spec '{self.spec}' has a size already"
-                             if self.budget is None else "give either budget or budgets, not both")
-        if not self.budgets:
-            raise FieldError("budgets", "must list at least one budget, e.g. [0.25, 0.5, 1.0] (ratios of the "
-                                        "replaced FFN's parameter count), 'match' or parameter counts")
-        seen = []
-        for k, value in enumerate(self.budgets):
-            try:
-                budget = read_budget(value)
-                self.spec.with_budget(budget)  # the spec checks that it can take a budget at all
-            except KallmError as exc:
-                raise FieldError(f"budgets[{k}]", str(exc)) from None
-            if frontier_key(budget) in seen:
-                raise FieldError(f"budgets[{k}]", f"budget {value!r} is listed twice")
-            seen.append(frontier_key(budget))
 
     @property
     def same_as(self) -> str | None:
