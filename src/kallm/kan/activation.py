@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from kallm.errors import KallmError
 from kallm.kan.elementwise import get_input_map
 from kallm.kan.fused import resolve_input_map
-from kallm.kan.mixing import equal_sizes
 from kallm.kan.spec import BasisSpec, parse_kan_spec
 
 
@@ -87,22 +86,23 @@ class LearnableActivation(nn.Module):
         self.base_path: str | None = None  # set by a retrofit: where the decoder layer holds its base
         self.weight = nn.Parameter(torch.ones(self.n_groups))
         self.coef = nn.Parameter(torch.zeros(self.n_groups, self.basis.n_basis))
-        sizes = equal_sizes(width, self.n_groups)
-        group_of = torch.repeat_interleave(torch.arange(self.n_groups), torch.tensor(sizes))
-        # not saved: rebuilt from (width, groups), so checkpoints hold only the learnable values
-        self.register_buffer("group_of", group_of, persistent=False)
 
-    def _per_channel(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(w, c) per channel, (width,) and (n_basis, width)."""
-        if self.n_groups == self.width:
-            return self.weight.to(dtype), self.coef.to(dtype).t()
-        return self.weight.to(dtype)[self.group_of], self.coef.to(dtype)[self.group_of].t()
+    def _per_channel(self, values: Tensor) -> Tensor:
+        """Per-group `values` (n_groups, ...) repeated over each group's channels: (width, ...).
+
+        The groups are `equal_sizes(width, n_groups)`: the first `extra` have one channel more. Integer
+        repeats need no index tensor (which a model built on the meta device could not hold)."""
+        size, extra = divmod(self.width, self.n_groups)
+        if size == 1 and extra == 0:
+            return values
+        return torch.cat([values[:extra].repeat_interleave(size + 1, dim=0),
+                          values[extra:].repeat_interleave(size, dim=0)])
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.width:
             raise KallmError(f"LearnableActivation of width {self.width} got an input of shape "
                              f"{tuple(x.shape)}")
-        w, c = self._per_channel(x.dtype)
+        w, c = self._per_channel(self.weight.to(x.dtype)), self._per_channel(self.coef.to(x.dtype)).t()
         terms = self.basis.terms(self._map.fn(x))  # (..., n_basis, width)
         return w * self.base(x) + (terms * c).sum(dim=-2)
 
