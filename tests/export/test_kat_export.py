@@ -25,10 +25,10 @@ CHECK_SCRIPT = Path(__file__).with_name("export_check.py")
 IDS = torch.randint(3, 250, (2, 10), generator=torch.Generator().manual_seed(2))
 NEW_TOKENS = 4
 
-# the own-MLP form (gated, fused gate_up, Conv1D, split OPT) and the ungated ProjectedKAN
+# the own-MLP form (gated, fused gate_up widened, Conv1D, split OPT) and the ungated ProjectedKAN
 CASES = [
     ("kat-llama", "llama", "kat:chebyshev2:3;groups=4@budget=0.5"),
-    ("kat-phi3", "phi3", "kat:legendre:2"),
+    ("kat-phi3-wider", "phi3", "kat:legendre:2@budget=1.5"),
     ("kat-gpt2", "gpt2", "kat:rational:3@hidden=40"),
     ("kat-opt", "opt", "kat:bspline:3;groups=2@hidden=40"),
     ("kat-ungated-qwen2", "qwen2", "kat:chebyshev2:2;ungated@hidden=80"),

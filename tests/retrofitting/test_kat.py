@@ -77,6 +77,8 @@ def test_a_spec_takes_only_the_canonical_argument():
     assert str(VariantSpec("kat", arg="chebyshev2:4;groups=2;ungated")) == "kat:chebyshev2:4;groups=2;ungated"
     with pytest.raises(KallmError, match="canonical"):
         VariantSpec("kat", arg="chebyshev2:4;ungated;groups=2")
+    with pytest.raises(KallmError, match="needs a basis"):
+        VariantSpec("kat")
 
 
 def test_the_kind_is_a_kan_role_kind():
@@ -160,17 +162,22 @@ def test_phi3_ungated_reads_the_gate_half_of_the_fused_projection():
     assert torch.equal(_site(model).module.kallm_ffn.in_proj.weight, gate_up[:64])
 
 
-def test_own_mlp_form_cannot_widen():
-    model = make_tiny_model("llama")
-    with pytest.raises(KallmError, match="only narrows it; use 'kat:<basis>;ungated'"):
-        retrofit(model, layers="last:1", variant="kat:chebyshev2:2@hidden=65")
-    with pytest.raises(KallmError, match="wider than the original"):
-        retrofit(make_tiny_model("gpt2"), layers="last:1", variant="kat:chebyshev2:2@budget=2.0")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_own_mlp_form_wider_than_the_original_starts_as_it(arch):
+    model, report, original = _retrofitted(arch, "kat:chebyshev2:3;groups=7@hidden=100")
+    assert report.hidden_width == 100
+    torch.testing.assert_close(_logits(model), original, rtol=0, atol=1e-5)
+    site = _site(model)
+    down = (site.layer.fc2 if arch == "opt" else site.module).kallm_ffn
+    outs = [m for m in down.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 32]
+    outs += [m for m in down.modules() if type(m).__name__ == "Conv1D" and m.nf == 32]
+    weight = outs[0].weight if isinstance(outs[0], torch.nn.Linear) else outs[0].weight.T
+    assert weight.shape == (32, 100) and torch.equal(weight[:, 64:], torch.zeros(32, 36))
 
 
 # ---------------------------------------------------------------- sizes
 
-SIZED = ["kat:chebyshev2:4", "kat:chebyshev2:4@budget=match", "kat:legendre:3;groups=4@budget=0.5",
+SIZED = ["kat:chebyshev2:4", "kat:chebyshev2:4@budget=match", "kat:chebyshev2:4@budget=2.0", "kat:legendre:3;groups=4@budget=0.5",
          "kat:bspline:3@budget=0.3", "kat:chebyshev2:4;ungated@budget=match", "kat:rational:3;ungated@budget=2.0",
          "kat:chebyshev2:2;groups=2;ungated@hidden=20"]
 
@@ -208,6 +215,7 @@ def test_a_budget_below_the_smallest_module_is_refused():
 @pytest.mark.parametrize("arch, variant", [
     ("llama", "kat:chebyshev2:3;groups=4@budget=0.5"),
     ("phi3", "kat:legendre:2;ungated@hidden=80"),
+    ("phi3", "kat:chebyshev2:2@hidden=80"),
     ("gpt2", "kat:rational:3"),
     ("opt", "kat:chebyshev2:2@hidden=40"),
     ("opt", "kat:bspline:3;ungated@budget=match"),

@@ -12,7 +12,8 @@ was. That is not a KAN layer in the study's sense (`kan:`: sums of univariate fu
 
 Own-MLP form (default): a SwiGLU stays gated, down(phi(gate x) * up x); GPT-2 and GPT-NeoX stay ungated;
 OPT's split FFN gets its fc1 and fc2 pruned and its layer's `activation_fn` replaced, each wrapped in
-`RetrofitFFN`. Its width is at most the original's intermediate size (pruning only narrows).
+`RetrofitFFN`. Narrower than the original it keeps the most important channels; wider, the new channels start
+fresh on the way in and zero on the way out (the start function unchanged).
 `;ungated`: a `ProjectedKAN` from the original's gate (or up, for an ungated MLP) rows and down columns of the
 kept channels; past the original's width the extra channels start fresh on the way in and zero on the way out.
 """
@@ -34,7 +35,7 @@ from kallm.retrofitting.arch import FFNSite, model_dims
 from kallm.retrofitting.ffn import RetrofitFFN, named_projections, projection_shape, replace_submodule
 from kallm.retrofitting.kinds import LinearKind, reinit_like_model
 from kallm.retrofitting.pruning import _channel_axis, _weight_in_out, kept_channels, prune_projections
-from kallm.retrofitting.sizing import _largest_width, _linear_count, ffn_param_count
+from kallm.retrofitting.sizing import _largest_width, _linear_count, ffn_param_count, resize_mlp
 from kallm.retrofitting.variant import Replacement, VariantKind, VariantSpec, register_variant_kind
 
 _FLAGS = ("groups=", "ungated")
@@ -117,6 +118,33 @@ def _gate_and_down(modules: list[nn.Module], d: int, inter: int) -> tuple[nn.Mod
     return gates[0], 0, down[0]
 
 
+def widened_mlp(model: nn.Module, module: nn.Module, d: int, inter: int, width: int) -> nn.Module:
+    """A copy of `module` with its intermediate size raised to `width`, computing what it did: the original
+    channels first (each block of a fused gate_up too), the new ones initialised by the model's own init on the
+    way in and zero on the way out."""
+    wide = resize_mlp(copy.deepcopy(module), d, inter, width)
+    reinit_like_model(model, wide)
+    with torch.no_grad():
+        for name, sub in module.named_modules():
+            shape = projection_shape(sub)
+            axis = None if shape is None else _channel_axis(shape, d, inter)
+            if axis is None:
+                continue
+            new = wide.get_submodule(name)
+            old_w, new_w = _weight_in_out(sub), _weight_in_out(new)
+            if axis == "in":
+                new_w.zero_()
+                new_w[:inter] = old_w
+                if sub.bias is not None:
+                    new.bias.copy_(sub.bias)
+                continue
+            for b in range(shape[1] // inter):
+                new_w[:, b * width:b * width + inter] = old_w[:, b * inter:(b + 1) * inter]
+                if sub.bias is not None:
+                    new.bias[b * width:b * width + inter] = sub.bias[b * inter:(b + 1) * inter]
+    return wide
+
+
 class KatKind(VariantKind):
     """`kat:<basis>[;groups=N][;ungated]`: learnable univariate activations between the original's
     projections."""
@@ -130,6 +158,11 @@ class KatKind(VariantKind):
             raise KallmError(f"variant {text!r}: 'kat' needs a basis after 'kat:', e.g. 'kat:chebyshev2:4' "
                              "or 'kat:chebyshev2:4;groups=8;ungated'")
         return str(read_kat_arg(body, text))
+
+    def check(self, spec: VariantSpec) -> None:
+        if spec.arg is None:
+            raise KallmError("variant 'kat' needs a basis, e.g. 'kat:chebyshev2:4'")
+        super().check(spec)
 
     @staticmethod
     def arg(spec: VariantSpec) -> KatArg:
@@ -156,10 +189,6 @@ class KatKind(VariantKind):
         if spec.budget is not None:
             target = spec.budget.target(ffn_param_count(site))
             width = _largest_width(lambda w: self.count(model, site, spec, w), target, f"'{spec}'")
-        if width > inter and not self.arg(spec).ungated:
-            raise KallmError(f"variant '{spec}' asks for width {width}, wider than the original MLP's "
-                             f"{inter}: the own-MLP form of kat only narrows it; use 'kat:<basis>;ungated' "
-                             "for a wider one")
         return width
 
     def new_params(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int:
@@ -180,8 +209,11 @@ class KatKind(VariantKind):
     def _build_own(self, model: nn.Module, site: FFNSite, spec: VariantSpec, width: int) -> Replacement:
         d, inter = model_dims(model)
         names = LinearKind._replaced(site)
-        keep = kept_channels(self._modules(site), d, inter, width)
-        pruned = {n: prune_projections(copy.deepcopy(getattr(site.layer, n)), d, inter, keep) for n in names}
+        if width > inter:
+            pruned = {n: widened_mlp(model, getattr(site.layer, n), d, inter, width) for n in names}
+        else:
+            keep = kept_channels(self._modules(site), d, inter, width)
+            pruned = {n: prune_projections(copy.deepcopy(getattr(site.layer, n)), d, inter, keep) for n in names}
         if site.is_split:  # OPT: the activation is the layer's own attribute, between fc1 and fc2
             act_name = site.bypass[0]
             act = self._activation(spec, width, getattr(site.layer, act_name), act_name)
