@@ -74,8 +74,9 @@ def exported(tmp_path_factory):
                           capture_output=True, text=True, env=env, cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = load_file(str(root / "results.safetensors"))
-    return {name: (folder, reference, {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(f"{name}/")})
-            for name, (folder, reference) in built.items()}
+    got = {name: {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(f"{name}/")}
+           for name in built}
+    return {name: (folder, reference, got[name]) for name, (folder, reference) in built.items()}
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CASES])

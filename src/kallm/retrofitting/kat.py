@@ -120,8 +120,8 @@ def _gate_and_down(modules: list[nn.Module], d: int, inter: int) -> tuple[nn.Mod
 
 def widened_mlp(model: nn.Module, module: nn.Module, d: int, inter: int, width: int) -> nn.Module:
     """A copy of `module` with its intermediate size raised to `width`, computing what it did: the original
-    channels first (each block of a fused gate_up too), the new ones initialised by the model's own init on the
-    way in and zero on the way out."""
+    channels first (in each block of a fused gate_up too), the new ones initialised by the model's own init
+    on the way in and zero on the way out."""
     wide = resize_mlp(copy.deepcopy(module), d, inter, width)
     reinit_like_model(model, wide)
     with torch.no_grad():
@@ -213,7 +213,8 @@ class KatKind(VariantKind):
             pruned = {n: widened_mlp(model, getattr(site.layer, n), d, inter, width) for n in names}
         else:
             keep = kept_channels(self._modules(site), d, inter, width)
-            pruned = {n: prune_projections(copy.deepcopy(getattr(site.layer, n)), d, inter, keep) for n in names}
+            pruned = {n: prune_projections(copy.deepcopy(getattr(site.layer, n)), d, inter, keep)
+                      for n in names}
         if site.is_split:  # OPT: the activation is the layer's own attribute, between fc1 and fc2
             act_name = site.bypass[0]
             act = self._activation(spec, width, getattr(site.layer, act_name), act_name)
