@@ -97,11 +97,11 @@ def find_activation(mlp: nn.Module) -> str:
     return found[0]
 
 
-def _gate_and_down(modules: list[nn.Module], d: int, inter: int) -> tuple[nn.Module, int, nn.Module]:
-    """(the projection into the activation, its block in a fused gate_up, the projection out of the channels).
+def _gate_and_down(modules: list[nn.Module], d: int, inter: int) -> tuple[nn.Module, nn.Module]:
+    """(the projection into the activation, the projection out of the channels).
 
-    Into the activation: the gate of a gated MLP (a projection named *gate*, or the first block of a fused
-    gate_up, as Phi-3 lays it out), the up projection of an ungated one."""
+    Into the activation: the gate of a gated MLP (a projection named *gate*, or a fused gate_up, whose first
+    `inter` outputs are the gate as Phi-3 lays it out), the up projection of an ungated one."""
     into, down = [], []
     for module in modules:
         for name, sub in module.named_modules():
@@ -115,7 +115,7 @@ def _gate_and_down(modules: list[nn.Module], d: int, inter: int) -> tuple[nn.Mod
     if len(gates) != 1 or len(down) != 1:
         raise KallmError(f"kat;ungated needs one projection into the activation and one out of it; found "
                          f"{sorted(n for n, _ in into)} in and {len(down)} out")
-    return gates[0], 0, down[0]
+    return gates[0], down[0]
 
 
 def widened_mlp(model: nn.Module, module: nn.Module, d: int, inter: int, width: int) -> nn.Module:
@@ -179,7 +179,7 @@ class KatKind(VariantKind):
         act = activation_num_params(arg.basis, width, arg.groups)
         if not arg.ungated:
             return _linear_count(self._modules(site), d, inter, width) + act
-        gate, _, down = _gate_and_down(self._modules(site), d, inter)
+        gate, down = _gate_and_down(self._modules(site), d, inter)
         return ProjectedKAN.num_params(d, width, getattr(gate, "bias", None) is not None,
                                        getattr(down, "bias", None) is not None, act)
 
@@ -229,7 +229,7 @@ class KatKind(VariantKind):
     def _build_projected(self, model: nn.Module, site: FFNSite, spec: VariantSpec, width: int) -> Replacement:
         d, inter = model_dims(model)
         modules = self._modules(site)
-        gate, block, down = _gate_and_down(modules, d, inter)
+        gate, down = _gate_and_down(modules, d, inter)
         path = site.bypass[0] if site.is_split else f"{site.attr}.{find_activation(site.module)}"
         act = self._activation(spec, width, site.layer.get_submodule(path), path)
         ref = gate.weight
@@ -237,13 +237,13 @@ class KatKind(VariantKind):
                            getattr(down, "bias", None) is not None).to(device=ref.device, dtype=ref.dtype)
         reinit_like_model(model, kan.in_proj)  # the channels past the original's width start fresh
         k = min(width, inter)
-        keep = kept_channels(modules, d, inter, k).to(ref.device)
+        keep = kept_channels(modules, d, inter, k).to(ref.device)  # in a fused gate_up: the gate's rows
         with torch.no_grad():
-            kan.in_proj.weight[:k] = _weight_in_out(gate)[:, keep + block * inter].T
+            kan.in_proj.weight[:k] = _weight_in_out(gate)[:, keep].T
             kan.out_proj.weight.zero_()  # ... and add nothing until trained
             kan.out_proj.weight[:, :k] = _weight_in_out(down)[keep, :].T
             if kan.in_proj.bias is not None:
-                kan.in_proj.bias[:k] = gate.bias[keep + block * inter]
+                kan.in_proj.bias[:k] = gate.bias[keep]
             if kan.out_proj.bias is not None:
                 kan.out_proj.bias.copy_(down.bias)
         return [(site.attr, RetrofitFFN(kan, self.name)), *((n, nn.Identity()) for n in site.bypass)]
