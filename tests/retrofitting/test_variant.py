@@ -47,7 +47,7 @@ def test_budget_targets():
 
 @pytest.mark.parametrize("text, message", [
     ("", "empty variant"),
-    ("mlp", r"unknown variant 'mlp'.*Valid variant names: baseline, kan, linear"),
+    ("mlp", r"unknown variant 'mlp'.*Valid variant names: baseline, kan, kat, linear"),
     ("kan", "needs a KAN spec after 'kan:'"),
     ("kan:chebyshv2:2", "did you mean 'chebyshev2'"),
     ("linear:chebyshev2:2", "takes no spec after ':'"),

@@ -94,7 +94,7 @@ def test_the_kind_reads_and_prints_its_own_spec(scaled):
 def test_registration_is_undone_and_names_are_checked():
     with registered(ScaledKind()):
         assert "scaled" in VARIANT_KINDS.names()
-    assert VARIANT_KINDS.names() == ["baseline", "linear", "pruned", "kan"]
+    assert VARIANT_KINDS.names() == ["baseline", "linear", "pruned", "kan", "kat"]
     with pytest.raises(KallmError, match="unknown variant 'scaled'"):
         parse_variant("scaled:1")
     bad = ScaledKind()

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", default=None,
                    help=f"layer selection, e.g. last:5, 20-24, -1 (default {defaults.LAYERS})")
     p.add_argument("--variant", default=None,
-                   help=f"baseline | linear | pruned | kan:<spec>[@budget=...] (default {INSPECT_VARIANT})")
+                   help=f"baseline | linear | pruned | kan:<spec> | kat:<basis>[;groups=N][;ungated] "
+                        f"[@budget=...] (default {INSPECT_VARIANT})")
     p.add_argument("--freeze", default=None,
                    help=f"ffn | blocks | blocks+embeddings | none (default {defaults.FREEZE})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file with the settings below (flags override it)")
     p.add_argument("--model", help=f"hub id, local folder, or the embedded default ({_RUN_KEYS['model']})")
     p.add_argument("--layers", help=f"decoder layers to retrofit, e.g. last:5, 20-24 (default {defaults.LAYERS})")
-    p.add_argument("--variant", help=f"baseline | linear | pruned | kan:<spec>[@budget=...] (default {defaults.VARIANT})")
+    p.add_argument("--variant", help=f"baseline | linear | pruned | kan:<spec> | kat:<basis>[;groups=N][;ungated] "
+                   f"[@budget=...] (default {defaults.VARIANT})")
     p.add_argument("--freeze", help=f"ffn | blocks | blocks+embeddings | none (default {defaults.FREEZE})")
     p.add_argument("--data", nargs="+", help="hub dataset id, or .jsonl/.json/.parquet chat files or folders; "
                                              "for --loss kd also plain text (.txt, .jsonl with a text field) "

@@ -20,19 +20,21 @@ rebuilder here can make is refused by `kallm export` (docs/extending.md).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from kallm.errors import KallmError
+from kallm.kan.activation import LearnableActivation, ProjectedKAN
 from kallm.kan.build import build_kan
 
 # In kallm the basis families register themselves when `kallm.kan` (the package) is imported; the
 # shipped copy has no package, so it imports the one list of family modules itself.
 from kallm.kan.families import FAMILY_MODULES  # noqa: F401
 from kallm.retrofitting.arch import find_decoder_layers
-from kallm.retrofitting.ffn import RetrofitFFN, set_projection_shapes
+from kallm.retrofitting.ffn import RetrofitFFN, replace_submodule, set_projection_shapes
 from kallm.retrofitting.freeze import FREEZE_POLICIES
 
 CONFIG_KEY = "kallm"  # the config attribute (config.json key) that describes the retrofit
@@ -55,9 +57,28 @@ def _linear(layer: nn.Module, entry: dict[str, Any]) -> nn.Module:
     return RetrofitFFN(set_projection_shapes(getattr(layer, entry["attr"]), shapes), "linear")
 
 
+def _kat(layer: nn.Module, entry: dict[str, Any]) -> nn.Module:
+    """Learnable activations between projections (kallm.retrofitting.kat), their base the layer's original
+    activation: a ProjectedKAN ("projected"), the layer's own MLP resized with its activation replaced
+    ("mlp"), or a split FFN's activation module ("activation")."""
+    def learnable(base: nn.Module) -> LearnableActivation:
+        return LearnableActivation(int(entry["width"]), entry["basis"], entry["groups"], base=base)
+
+    if entry["form"] == "projected":
+        act = learnable(copy.deepcopy(layer.get_submodule(entry["base"])))
+        inner = ProjectedKAN(int(entry["d"]), int(entry["width"]), act, entry["in_bias"], entry["out_bias"])
+    elif entry["form"] == "activation":
+        inner = learnable(getattr(layer, entry["attr"]))
+    else:
+        shapes = {name: (int(shape[0]), int(shape[1])) for name, shape in entry["projections"].items()}
+        inner = set_projection_shapes(getattr(layer, entry["attr"]), shapes)
+        inner = replace_submodule(inner, entry["act"], learnable(inner.get_submodule(entry["act"])))
+    return RetrofitFFN(inner, "kat")
+
+
 # entry["kind"] -> the module that goes in place of `layer.<entry['attr']>`
 REBUILDERS: dict[str, Callable[[nn.Module, dict[str, Any]], nn.Module]] = {
-    "identity": _identity, "kan": _kan, "linear": _linear,
+    "identity": _identity, "kan": _kan, "linear": _linear, "kat": _kat,
 }
 
 

@@ -8,6 +8,7 @@ new FFNs from the old ones, and raise a KAN's degree during training.
 | `layers` | layer selections (`last:5`, `-3..-1`, ...) |
 | `variant` | `VariantSpec`, `Budget`, the one variant grammar, and the registry of variant kinds |
 | `kinds` | kallm's variant kinds (baseline, linear, kan): grammar, modules, sizing, export entry |
+| `kat` | the `kat` kind: learnable activations between the original MLP's projections (KAT / GR-KAN) |
 | `sizing` | hidden widths that meet a parameter budget; narrower copies of the model's MLP |
 | `surgery` | `retrofit`: each chosen FFN replaced by what its variant kind builds |
 | `freeze` | freeze policies; the first trainable layer |
@@ -19,7 +20,9 @@ new FFNs from the old ones, and raise a KAN's degree during training.
 
 from __future__ import annotations
 
-# First: registering kallm's variant kinds makes every variant text readable once the package is imported.
+# First: registering kallm's variant kinds makes every variant text readable once the package is imported
+# (kat's module imports the built-ins' and registers after them).
+from kallm.retrofitting.kat import KAT_KIND  # noqa: F401
 from kallm.retrofitting.kinds import BUILTIN_KINDS  # noqa: F401
 from kallm.retrofitting.saving import load_retrofit, save_retrofit
 from kallm.retrofitting.surgery import retrofit
