@@ -53,15 +53,26 @@ def frontier_points(summaries: list[VariantSummary]) -> list[Point]:
     out = []
     for s in summaries:
         spec = s.variant
-        if spec is None or not spec.trained or spec.budget is None or spec.kind not in VARIANT_KINDS.names():
+        if spec is None or not spec.trained or spec.kind not in VARIANT_KINDS.names():
             continue
         role = VARIANT_KINDS.get(spec.kind).role
-        if role not in (KAN, CONTROL):
+        budget = spec.budget or (size_as_budget(s) if role == KAN else None)
+        if role not in (KAN, CONTROL) or budget is None:
             continue
-        suffix = f"-{budget_label(spec.budget)}"
+        suffix = f"-{budget_label(budget)}"
         form = s.name[:-len(suffix)] if s.name.endswith(suffix) and len(s.name) > len(suffix) else s.name
-        out.append(Point(s, role, spec.kind, frontier_key(spec.budget), form, number(s.first("params.new_per_layer"))))
+        out.append(Point(s, role, spec.kind, frontier_key(budget), form, number(s.first("params.new_per_layer"))))
     return out
+
+
+def size_as_budget(summary: VariantSummary) -> Budget | None:
+    """The budget a variant with a fixed size (a one-layer KAN of a given degree) sits at: its new FFNs'
+    share of the replaced ones' parameters, to two decimals (SmolLM2's Chebyshev KAN of degree 6, 2 and 0
+    are exactly 1, 0.5 and 0.25 of its SwiGLU). None: no counts recorded."""
+    new, old = number(summary.first("params.replaced_new")), number(summary.first("params.replaced_old"))
+    if not new or not old:
+        return None
+    return Budget("ratio", round(new / old, 2))
 
 
 def applies(points: list[Point]) -> bool:
