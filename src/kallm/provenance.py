@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from kallm.runtime.allocator import allocator_state
+from kallm.runtime.allocator import ONEDNN_CACHE_VARIABLE, allocator_state
 
 _PACKAGES = ("kallm", "torch", "transformers", "accelerate", "datasets", "safetensors", "numpy")
 
@@ -54,6 +55,7 @@ def run_info() -> dict[str, Any]:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
         "malloc": allocator_state(),
+        "onednn_kernel_cache": os.environ.get(ONEDNN_CACHE_VARIABLE, "oneDNN default (1024)"),
     }
 
 

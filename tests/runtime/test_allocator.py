@@ -83,3 +83,12 @@ def test_reasons_to_skip_read_the_environment(monkeypatch):
 
 def test_provenance_records_how_malloc_is_set_up():
     assert run_info()["malloc"] == allocator.allocator_state()
+
+
+def test_the_kernel_cache_is_bounded_unless_the_user_sized_it(monkeypatch):
+    monkeypatch.delenv(allocator.ONEDNN_CACHE_VARIABLE, raising=False)
+    assert allocator.bound_kernel_cache() == str(allocator.ONEDNN_CACHE_CAPACITY)
+    assert run_info()["onednn_kernel_cache"] == str(allocator.ONEDNN_CACHE_CAPACITY)
+    monkeypatch.setenv(allocator.ONEDNN_CACHE_VARIABLE, "2048")
+    assert allocator.bound_kernel_cache() == "2048"
+    assert os.environ[allocator.ONEDNN_CACHE_VARIABLE] == "2048"

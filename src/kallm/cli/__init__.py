@@ -17,7 +17,7 @@ from typing import NoReturn
 from kallm import __version__
 from kallm.errors import KallmError
 from kallm.progress import progress_enabled
-from kallm.runtime.allocator import keep_freed_memory
+from kallm.runtime.allocator import bound_kernel_cache, keep_freed_memory
 
 # Module names under kallm.cli, one per command (or family of commands).
 _COMMAND_MODULES = ("inspect_cmd", "train_cmd", "eval_cmd", "run_cmd", "report_cmd", "plot_cmd", "export_cmd")
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     keep_freed_memory()  # a process-wide choice, so the application's, not the library's
+    bound_kernel_cache()
     try:
         return int(args.func(args) or 0)
     except KallmError as exc:

@@ -77,6 +77,21 @@ def _reason_to_skip() -> str | None:
     return None  # glibc always has mallopt
 
 
+ONEDNN_CACHE_VARIABLE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+# oneDNN keeps every compiled kernel (one per op, shape and dtype) in a process-wide cache of 1,024 by
+# default. A grid's runs see new shapes (widths, sequence lengths), so the cache grew by tens of MB per run
+# and a long grid's retained memory with it; 128 kernels cover one run's working set.
+ONEDNN_CACHE_CAPACITY = 128
+
+
+def bound_kernel_cache() -> str:
+    """Bound oneDNN's kernel cache (unless the user set its size): the value in effect, for provenance.
+
+    oneDNN reads the variable when it first builds a kernel, so this must run before any tensor op."""
+    os.environ.setdefault(ONEDNN_CACHE_VARIABLE, str(ONEDNN_CACHE_CAPACITY))
+    return os.environ[ONEDNN_CACHE_VARIABLE]
+
+
 def release_freed_memory() -> None:
     """Give the heap's free pages back to the OS (glibc's malloc_trim), so that resident memory is what
     is live: a training run's peak window starts there, not at what an earlier run freed and the heap kept."""
