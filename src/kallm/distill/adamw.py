@@ -46,11 +46,10 @@ def _snapshot(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _attempt(module: nn.Module, rows: FitRows, steps: int, lr: float, batch_tokens: int, seed: int,
-             start_loss: float) -> tuple[float, dict[str, Tensor] | None, bool]:
-    """One cosine-scheduled AdamW run: (best validation FVU, its state or None if none beat the start,
-    whether the first measurement was worse than the start)."""
-    params = [p for p in module.parameters() if p.requires_grad] or list(module.parameters())
+def _attempt(module: nn.Module, params: list[nn.Parameter], rows: FitRows, steps: int, lr: float,
+             batch_tokens: int, seed: int, start_loss: float) -> tuple[float, dict[str, Tensor] | None, bool]:
+    """One cosine-scheduled AdamW run of `params`: (best validation FVU, its state or None if none beat the
+    start, whether the first measurement was worse than the start)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
     gen = torch.Generator().manual_seed(seed)
@@ -76,14 +75,17 @@ def _attempt(module: nn.Module, rows: FitRows, steps: int, lr: float, batch_toke
 
 
 def fit_adamw(module: nn.Module, rows: FitRows, steps: int, lr: float, batch_tokens: int, seed: int,
-              what: str = "") -> AdamWStage:
-    """Best-keeping AdamW on `rows.x` (restarted at half the lr, up to MAX_RESTARTS times, while its first
-    measurement is worse than the start); the module ends in its best state."""
+              what: str = "", params: list[nn.Parameter] | None = None) -> AdamWStage:
+    """Best-keeping AdamW of `params` (default: the module's trainable ones) on `rows.x`, restarted at half
+    the lr, up to MAX_RESTARTS times, while its first measurement is worse than the start; the module ends
+    in its best state."""
+    if params is None:
+        params = [p for p in module.parameters() if p.requires_grad] or list(module.parameters())
     start_state = _snapshot(module)
     start = validation_fvu(module, rows)
     best, state, restarts = start, None, 0
     while True:
-        best, state, rose = _attempt(module, rows, steps, lr, batch_tokens, seed + restarts, start)
+        best, state, rose = _attempt(module, params, rows, steps, lr, batch_tokens, seed + restarts, start)
         if not rose or restarts == MAX_RESTARTS:
             break
         module.load_state_dict(start_state)

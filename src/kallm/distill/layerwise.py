@@ -16,7 +16,7 @@ No backprop through the model is needed: the regression is local to each layer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -253,30 +253,55 @@ def _projection_input(module: nn.Module, out: nn.Linear, x: Tensor) -> Tensor:
     return seen[0]
 
 
-def _fit_iterative(module: nn.Module, rows: FitRows, cfg: DistillConfig, seed: int, what: str
-                   ) -> tuple[float | None, list[float], float]:
-    """A least-squares start, then best-keeping AdamW: (ridge of the last solve, the validation FVU after
-    each stage, the lr AdamW ended with). An MLP alternates: its output projection is solved again after
-    every round of AdamW (`distill.rounds` rounds within `distill.steps`)."""
+def _solve_last_layer(module: nn.Module, rows: FitRows, ridge: float | str) -> float | None:
+    """Solve a stack's last layer by least squares on what its earlier layers give (kept if not better)."""
+    with torch.no_grad():
+        hidden_x, hidden_val = rows.x, rows.x_val
+        for layer in module.layers[:-1]:
+            hidden_x, hidden_val = layer(hidden_x), layer(hidden_val)
+    return _fit_lstsq(module.layers[-1], FitRows(hidden_x, rows.y, hidden_val, rows.y_val), ridge)
+
+
+def _readout(module: nn.Module, width: int) -> tuple[nn.Module, Callable[[FitRows, float | str], float | None]] | None:
+    """The part of `module` that least squares can solve given the rest (a stack's last KAN layer, an MLP's
+    output projection) and its solver; None when there is none."""
     layers = getattr(module, "layers", None)
     if isinstance(layers, nn.ModuleList) and len(layers) > 1 and _linear_in_weights(layers[-1]):
-        ridge = _warm_start_last_layer(module, rows, cfg.ridge)
-        stage = fit_adamw(module, rows, cfg.steps, cfg.lr, cfg.batch_tokens, seed, what)
-        return ridge, [stage.start, stage.best], stage.lr
-    if _output_projection(module, rows.y.shape[1]) is None:
+        return layers[-1], lambda rows, ridge: _solve_last_layer(module, rows, ridge)
+    out = _output_projection(module, width)
+    if out is None:
+        return None
+    return out, lambda rows, ridge: _warm_start_output_projection(module, rows, ridge)
+
+
+def _fit_iterative(module: nn.Module, rows: FitRows, cfg: DistillConfig, seed: int, what: str
+                   ) -> tuple[float | None, list[float], float]:
+    """Alternating least squares: the read-out solved, then a round of best-keeping AdamW on the rest (the
+    read-out held at its solution, so AdamW improves the features it reads), `distill.rounds` times within
+    `distill.steps`, and a final solve. A stack first carries its input to its last layer. Each stage keeps
+    the better of its result and its start on the validation rows: the losses never rise. Returns (ridge of
+    the last solve, the validation FVU after each stage, the lr AdamW ended with)."""
+    found = _readout(module, rows.y.shape[1])
+    if found is None:
         stage = fit_adamw(module, rows, cfg.steps, cfg.lr, cfg.batch_tokens, seed, what)
         return None, [stage.start, stage.best], stage.lr
-    losses, ridge, lr = [validation_fvu(module, rows)], None, cfg.lr
+    readout, solve = found
+    layers = getattr(module, "layers", None)
+    ridge = _warm_start_last_layer(module, rows, cfg.ridge) if layers is not None and readout is layers[-1] else None
+    losses, lr = [validation_fvu(module, rows)], cfg.lr
     for r in range(cfg.rounds + 1):
-        solved = _warm_start_output_projection(module, rows, cfg.ridge)
+        solved = solve(rows, cfg.ridge)
         ridge = solved if solved is not None else ridge
         losses.append(validation_fvu(module, rows))
-        if r == cfg.rounds:  # the last round only re-solves the projection for the final features
+        if r == cfg.rounds:
             break
-        stage = fit_adamw(module, rows, max(1, cfg.steps // cfg.rounds), lr, cfg.batch_tokens, seed + 7919 * r,
-                          what)
-        lr = stage.lr
-        losses.append(stage.best)
+        held = {id(p) for p in readout.parameters()}
+        rest = [p for p in module.parameters() if id(p) not in held and p.requires_grad]
+        if rest:  # a module that is its read-out alone has nothing else to train
+            stage = fit_adamw(module, rows, max(1, cfg.steps // cfg.rounds), lr, cfg.batch_tokens,
+                              seed + 7919 * r, what, params=rest)
+            lr = stage.lr
+            losses.append(stage.best)
     return ridge, losses, lr
 
 
