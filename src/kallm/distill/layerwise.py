@@ -53,6 +53,10 @@ class DistillConfig:
     batch_tokens: int = 1024
     rounds: int = 3  # adamw on an MLP: rounds of AdamW, each followed by a least-squares output projection
     holdout_fraction: float = 0.1  # of the tokens: the rows the reported FVU is measured on
+    # plain-text files (never an eval.heldout file) whose blocks make up `text_fraction` of the fit's tokens,
+    # the rest from the training sample (kallm.experiment.distill_data)
+    text: tuple[str, ...] = ()
+    text_fraction: float = 0.5
     validation_fraction: float = 0.1  # of the rest: the rows that choose the ridge and AdamW's best state
 
     def __post_init__(self) -> None:
@@ -70,6 +74,9 @@ class DistillConfig:
             raise KallmError(f"distill.ridge must be auto or a number >= 0, got {self.ridge!r}")
         if self.steps <= 0 or self.lr <= 0 or self.batch_tokens <= 0 or self.rounds <= 0:
             raise KallmError("distill.steps, distill.lr, distill.batch_tokens and distill.rounds must be positive")
+        if not 0 <= self.text_fraction <= 1 or (self.text and self.text_fraction == 0):
+            raise KallmError(f"distill.text_fraction must be in (0, 1] with distill.text files (0 without), "
+                             f"got {self.text_fraction}")
         for name in ("holdout_fraction", "validation_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 raise KallmError(f"distill.{name} must be in (0, 0.5), got {getattr(self, name)}")
