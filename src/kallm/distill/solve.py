@@ -90,23 +90,46 @@ def ridge_solve(gram: Tensor, rhs: Tensor, ridge: float) -> Tensor:
         solution, info = torch.linalg.solve_ex(reg, rhs)
         if int(info.max()) == 0 and bool(torch.isfinite(solution).all()):
             return solution
-    return _eigen_solver(gram, rhs)(ridge)
+    eig = _Eigen(gram, rhs)
+    return eig.evecs @ eig.coefficients(ridge)
 
 
-def _eigen_solver(gram: Tensor, rhs: Tensor) -> Callable[[float], Tensor]:
-    """Solutions for any ridge from one eigendecomposition; eigenvalues below 1e-12 of the largest count as
-    zero (a pseudo-inverse), so ridge 0 is defined even for a rank-deficient design."""
-    evals, evecs = torch.linalg.eigh(gram)
-    projected = evecs.T @ rhs
-    scale = float(gram.diagonal().mean())
-    floor = 1e-12 * float(evals.abs().max().clamp_min(1e-300))
+class _Eigen:
+    """Ridge solutions for any ridge from one eigendecomposition G = V diag(e) V': w(r) = V c(r) with
+    c(r) = V'X'Y / (e + r). Eigenvalues below 1e-12 of the largest count as zero (a pseudo-inverse), so
+    ridge 0 is defined even for a rank-deficient design."""
 
-    def solve(ridge: float) -> Tensor:
-        shifted = evals + ridge * scale
-        inv = torch.where(shifted > floor, 1.0 / shifted.clamp_min(floor), torch.zeros_like(shifted))
-        return evecs @ (inv[:, None] * projected)
+    def __init__(self, gram: Tensor, rhs: Tensor) -> None:
+        self.evals, self.evecs = torch.linalg.eigh(gram)
+        self.projected = self.evecs.T @ rhs
+        self.scale = float(gram.diagonal().mean())
+        self.floor = 1e-12 * float(self.evals.abs().max().clamp_min(1e-300))
 
-    return solve
+    def coefficients(self, ridge: float) -> Tensor:
+        shifted = self.evals + ridge * self.scale
+        inv = torch.where(shifted > self.floor, 1.0 / shifted.clamp_min(self.floor), torch.zeros_like(shifted))
+        return inv[:, None] * self.projected
+
+
+def _choose(gram: Tensor, rhs: Tensor, val_feats: Tensor, y_val: Tensor, candidates: tuple[float, ...]
+            ) -> Readout | None:
+    """The candidate ridge whose solution has the lowest validation FVU (None if every one is NaN). With
+    several, the validation features are rotated into the eigenbasis once, so each candidate costs one
+    (rows x features x outputs) product and only the winner's weight is formed."""
+    if len(candidates) == 1:
+        weight = ridge_solve(gram, rhs, candidates[0])
+        score = fvu(val_feats.double() @ weight, y_val)
+        return Readout(weight, None, candidates[0], score) if score == score else None
+    eig = _Eigen(gram, rhs)
+    rotated = val_feats.double() @ eig.evecs
+    best: tuple[float, float] | None = None
+    for lam in candidates:
+        score = fvu(rotated @ eig.coefficients(lam), y_val)
+        if score == score and (best is None or score < best[1]):  # NaN never wins
+            best = (lam, score)
+    if best is None:
+        return None
+    return Readout(eig.evecs @ eig.coefficients(best[0]), None, best[0], best[1])
 
 
 def _chunks(features: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, chunk: int
@@ -126,22 +149,15 @@ def fit_readout(features: Callable[[Tensor], Tensor], rows: FitRows, with_bias: 
     nothing is compared with afterwards)."""
     gram, rhs = normal_equations(_chunks(features, rows.x, rows.y, chunk), with_bias)
     val_feats = torch.cat([_with_ones(f, with_bias) for f, _ in _chunks(features, rows.x_val, rows.y_val, chunk)])
-    y_val = rows.y_val.to(val_feats.dtype)
-    candidates = RIDGE_GRID if ridge == "auto" else (float(ridge),)
-    solver = _eigen_solver(gram, rhs) if len(candidates) > 1 else lambda r: ridge_solve(gram, rhs, r)
-    best: Readout | None = None
-    for lam in candidates:
-        weight = solver(lam)
-        score = fvu(val_feats @ weight.to(val_feats.dtype), y_val)
-        if score == score and (best is None or score < best.val_fvu):  # NaN never wins
-            best = Readout(weight, None, lam, score)
+    y_val = rows.y_val.double()
+    best = _choose(gram, rhs, val_feats, y_val, RIDGE_GRID if ridge == "auto" else (float(ridge),))
     keep = fvu(current.to(y_val.dtype), y_val) if current is not None else float("inf")
     if best is None or not best.val_fvu < keep:
         log.debug("distill: least squares (val FVU %s) does not beat the current weights (%.4g)",
                   None if best is None else f"{best.val_fvu:.4g}", keep)
         return None
     if refit_all:
-        g_val, r_val = normal_equations([(val_feats, y_val)], False)
+        g_val, r_val = normal_equations([(val_feats, rows.y_val)], False)
         best.weight = ridge_solve(gram + g_val, rhs + r_val, best.ridge)
     if with_bias:
         best.weight, best.bias = best.weight[:-1], best.weight[-1]
