@@ -49,7 +49,7 @@ def test_a_kan_layer_recovers_a_kan_of_its_own_spec_with_the_ridge_chosen():
     with torch.no_grad():
         y = teacher(x)
     fit = fit_replacement(student, x, y, DistillConfig(tokens=1200), seed=0, layer=0)
-    assert fit.method == "lstsq" and fit.fvu < 1e-9 and fit.train_fvu < 1e-9
+    assert fit.method == "lstsq" and fit.fvu < 1e-6 and fit.train_fvu < 1e-6
     assert fit.ridge in RIDGE_GRID and fit.ridge <= 1e-4  # noiseless: no shrinkage wins
 
 

@@ -3,7 +3,7 @@
 A layer that is linear in some of its weights given the rest (a KAN: `expand(x) @ weight`; an MLP: its
 projection back to the hidden size on its activations) has a closed-form ridge solution. The ridge is
 chosen, not fixed: the normal equations are accumulated once on the fit rows, every candidate of
-`RIDGE_GRID` is solved from one eigendecomposition, and the one with the lowest FVU on a validation slice
+`RIDGE_GRID` is solved (a Cholesky factorisation each), and the one with the lowest FVU on a validation slice
 of the fit rows wins (the reported held-out rows are never seen). A fixed ridge (a number) skips the
 search. When the layer already has a meaningful start (a pruned MLP, the original's own weights), "keep
 the current weights" is a candidate too, so a solve never leaves a layer worse than it found it.
@@ -81,55 +81,46 @@ def normal_equations(chunks: Iterable[tuple[Tensor, Tensor]], with_bias: bool) -
     return gram, rhs
 
 
+def _cholesky_solve(gram: Tensor, rhs: Tensor, ridge: float) -> Tensor | None:
+    """The ridge solution through a Cholesky factorisation (about 20 times faster than an eigendecomposition
+    on a CPU); None when the regularised Gram matrix is not numerically positive definite."""
+    reg = gram.clone()
+    reg.diagonal().add_(ridge * float(gram.diagonal().mean()))
+    factor, info = torch.linalg.cholesky_ex(reg)
+    if int(info) != 0:
+        return None
+    solution = torch.cholesky_solve(rhs, factor)
+    return solution if bool(torch.isfinite(solution).all()) else None
+
+
 def ridge_solve(gram: Tensor, rhs: Tensor, ridge: float) -> Tensor:
-    """The ridge solution, `ridge` relative to the mean diagonal; 0 (or a singular system) falls back to
-    the minimum-norm solution through the eigendecomposition."""
-    if ridge > 0:
-        reg = gram.clone()
-        reg.diagonal().add_(ridge * float(gram.diagonal().mean()))
-        solution, info = torch.linalg.solve_ex(reg, rhs)
-        if int(info.max()) == 0 and bool(torch.isfinite(solution).all()):
-            return solution
-    eig = _Eigen(gram, rhs)
-    return eig.evecs @ eig.coefficients(ridge)
-
-
-class _Eigen:
-    """Ridge solutions for any ridge from one eigendecomposition G = V diag(e) V': w(r) = V c(r) with
-    c(r) = V'X'Y / (e + r). Eigenvalues below 1e-12 of the largest count as zero (a pseudo-inverse), so
-    ridge 0 is defined even for a rank-deficient design."""
-
-    def __init__(self, gram: Tensor, rhs: Tensor) -> None:
-        self.evals, self.evecs = torch.linalg.eigh(gram)
-        self.projected = self.evecs.T @ rhs
-        self.scale = float(gram.diagonal().mean())
-        self.floor = 1e-12 * float(self.evals.abs().max().clamp_min(1e-300))
-
-    def coefficients(self, ridge: float) -> Tensor:
-        shifted = self.evals + ridge * self.scale
-        inv = torch.where(shifted > self.floor, 1.0 / shifted.clamp_min(self.floor), torch.zeros_like(shifted))
-        return inv[:, None] * self.projected
+    """The ridge solution, `ridge` relative to the mean diagonal. A singular system (ridge 0 on a
+    rank-deficient design) gets the minimum-norm solution: eigenvalues below 1e-12 of the largest count as
+    zero (a pseudo-inverse)."""
+    solution = _cholesky_solve(gram, rhs, ridge)
+    if solution is not None:
+        return solution
+    evals, evecs = torch.linalg.eigh(gram)
+    shifted = evals + ridge * float(gram.diagonal().mean())
+    floor = 1e-12 * float(evals.abs().max().clamp_min(1e-300))
+    inv = torch.where(shifted > floor, 1.0 / shifted.clamp_min(floor), torch.zeros_like(shifted))
+    return evecs @ (inv[:, None] * (evecs.T @ rhs))
 
 
 def _choose(gram: Tensor, rhs: Tensor, val_feats: Tensor, y_val: Tensor, candidates: tuple[float, ...]
             ) -> Readout | None:
-    """The candidate ridge whose solution has the lowest validation FVU (None if every one is NaN). With
-    several, the validation features are rotated into the eigenbasis once, so each candidate costs one
-    (rows x features x outputs) product and only the winner's weight is formed."""
-    if len(candidates) == 1:
-        weight = ridge_solve(gram, rhs, candidates[0])
-        score = fvu(val_feats.double() @ weight, y_val)
-        return Readout(weight, None, candidates[0], score) if score == score else None
-    eig = _Eigen(gram, rhs)
-    rotated = val_feats.double() @ eig.evecs
-    best: tuple[float, float] | None = None
+    """The candidate ridge whose solution has the lowest validation FVU (None if every one is NaN). Among
+    several, one whose system is singular (ridge 0 on a rank-deficient design) is skipped."""
+    val_feats = val_feats.double()
+    best: Readout | None = None
     for lam in candidates:
-        score = fvu(rotated @ eig.coefficients(lam), y_val)
-        if score == score and (best is None or score < best[1]):  # NaN never wins
-            best = (lam, score)
-    if best is None:
-        return None
-    return Readout(eig.evecs @ eig.coefficients(best[0]), None, best[0], best[1])
+        weight = ridge_solve(gram, rhs, lam) if len(candidates) == 1 else _cholesky_solve(gram, rhs, lam)
+        if weight is None:
+            continue
+        score = fvu(val_feats @ weight, y_val)
+        if score == score and (best is None or score < best.val_fvu):  # NaN never wins
+            best = Readout(weight, None, lam, score)
+    return best
 
 
 def _chunks(features: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, chunk: int
