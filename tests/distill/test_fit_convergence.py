@@ -83,6 +83,21 @@ def test_als_recovers_the_down_projection_of_a_fresh_swiglu():
     torch.testing.assert_close(student.down_proj.weight, target.down_proj.weight, atol=1e-5, rtol=0)
 
 
+def test_als_solves_a_gpt2_conv1d_output_projection():
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+
+    torch.manual_seed(0)
+    student = GPT2MLP(48, GPT2Config(n_embd=D, resid_pdrop=0.0)).double().eval()
+    target = copy.deepcopy(student)
+    torch.nn.init.normal_(target.c_proj.weight, std=0.5)
+    x = _x(800)
+    with torch.no_grad():
+        y = target(x)
+    fit = fit_replacement(student, x, y, DistillConfig(tokens=800, steps=10, rounds=1), seed=0, layer=0)
+    assert fit.fvu < 1e-9 and fit.ridge is not None
+
+
 def test_als_rounds_never_raise_the_validation_loss_of_a_fresh_swiglu():
     student, teacher = _swiglu(0), _swiglu(1)  # another MLP's function: not representable
     x = _x(1500)
@@ -111,12 +126,13 @@ def test_a_pruned_mlp_at_full_width_fitted_to_its_original_keeps_it():
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
-def test_a_pruned_retrofit_at_full_width_is_recovered_exactly_by_sequential_distill():
-    original = make_tiny_model("llama")
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # GPT-2's output projection is a Conv1D
+def test_a_pruned_retrofit_at_full_width_is_recovered_exactly_by_sequential_distill(arch):
+    original = make_tiny_model(arch)
     model = copy.deepcopy(original)
     retrofit(model, layers="last:2", variant="pruned@budget=1.0", seed=0)
     fits = sequential_distill(model, build_teacher(model), _batches(), DistillConfig(tokens=400, steps=20))
-    assert [f.layer for f in fits] == [2, 3] and all(f.fvu < 1e-10 for f in fits), fits
+    assert [f.layer for f in fits] == [2, 3] and all(f.fvu < 1e-10 and f.ridge is None for f in fits), fits
     probe = _batches(1, seed=1)[0]
     with torch.no_grad():
         torch.testing.assert_close(model(**probe).logits, original(**probe).logits, atol=1e-5, rtol=0)

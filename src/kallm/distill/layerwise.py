@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
 
 from kallm.distill.adamw import fit_adamw, validation_fvu
 from kallm.distill.solve import FitRows, fit_readout, fvu
@@ -220,9 +221,11 @@ def _carried(x: Tensor, width: int) -> Tensor | None:
     return (x.double() @ vh[:width].T).to(x.dtype)
 
 
-def _output_projection(module: nn.Module, width: int) -> nn.Linear | None:
-    """The MLP's single projection back to the hidden size (None when there is not exactly one)."""
-    outs = [m for m in module.modules() if isinstance(m, nn.Linear) and m.out_features == width]
+def _output_projection(module: nn.Module, width: int) -> nn.Module | None:
+    """The MLP's single projection back to the hidden size, an nn.Linear or a GPT-2 Conv1D (weight stored
+    (in, out)); None when there is not exactly one."""
+    outs = [m for m in module.modules() if (isinstance(m, nn.Linear) and m.out_features == width)
+            or (isinstance(m, Conv1D) and m.nf == width)]
     return outs[0] if len(outs) == 1 else None
 
 
@@ -245,14 +248,14 @@ def _warm_start_output_projection(module: nn.Module, rows: FitRows, ridge: float
     with torch.no_grad():
         if readout.bias is not None:
             out.bias.copy_(readout.bias.to(out.bias.dtype))
-        out.weight.copy_(readout.weight.T.to(out.weight.dtype))
+        out.weight.copy_((readout.weight if isinstance(out, Conv1D) else readout.weight.T).to(out.weight.dtype))
     return readout.ridge
 
 
-def _projection_input(module: nn.Module, out: nn.Linear, x: Tensor) -> Tensor:
+def _projection_input(module: nn.Module, out: nn.Module, x: Tensor) -> Tensor:
     """What `out` receives when `module` runs on x (a hook on `out`)."""
     seen: list[Tensor] = []
-    hook = out.register_forward_pre_hook(lambda _m, args: seen.append(args[0].reshape(-1, out.in_features)))
+    hook = out.register_forward_pre_hook(lambda _m, args: seen.append(args[0].reshape(len(x), -1)))
     try:
         module(x)
     finally:
