@@ -92,6 +92,8 @@ def fit_adamw(module: nn.Module, rows: FitRows, steps: int, lr: float, batch_tok
         restarts += 1
         lr /= 2
     module.load_state_dict(state if state is not None else start_state)
+    for p in module.parameters():  # no gradient of the fit may leak into the training that follows
+        p.grad = None
     log.info("distill%s: AdamW validation FVU %.4g -> %.4g (lr %g, %d restart%s at half the lr)", what, start,
              best, lr, restarts, "" if restarts == 1 else "s")
     return AdamWStage(start, best, lr, restarts)
