@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--ridges", default="1e-4,1e-3,1e-2,1e-1", help="ridge strengths for the sweep")
     parser.add_argument("--bbh-limit", type=int, default=20, help="examples per BBH task (0: skip BBH)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
-    parser.add_argument("--ridge", type=float, default=None, help="lstsq ridge (default: DistillConfig's)")
+    parser.add_argument("--ridge", type=float, default=None, help="lstsq ridge (default: DistillConfig's, auto)")
     parser.add_argument("--bbh-models", default="original,random,distilled",
                         help="of original, random, distilled, distilled two-layer")
     parser.add_argument("--out", default="runs/distill_study")
@@ -115,6 +115,7 @@ def main() -> None:
 
     from kallm.data import collate, load_conversations
     from kallm.distill.layerwise import DistillConfig, _fit_lstsq, collect_ffn_io, distill_retrofit, fvu
+    from kallm.distill.solve import FitRows
     from kallm.io import write_json_atomic, write_text_atomic
     from kallm.models.loading import load_model
     from kallm.retrofitting.arch import find_decoder_layers
@@ -193,7 +194,8 @@ def main() -> None:
         kan = copy.deepcopy(next(m for m in find_decoder_layers(models["distilled"])[1][layer].children()
                                  if isinstance(m, RetrofitFFN)).kallm_ffn)
         for ridge in ridges:  # an empty --ridges skips the sweep
-            _fit_lstsq(kan, x[:-n_hold], y[:-n_hold], ridge)
+            rows = FitRows.split(x[:-n_hold], y[:-n_hold], DistillConfig().validation_fraction)
+            _fit_lstsq(kan, rows, ridge, refit_all=True)  # as distill_retrofit fits, at this fixed ridge
             with torch.no_grad():
                 sweep[ridge][layer] = fvu(kan(x[-n_hold:]), y[-n_hold:])
     results["ridge_sweep"] = {"features": kan.n_features, "fit_tokens": len(x) - n_hold,

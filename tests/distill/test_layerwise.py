@@ -171,6 +171,7 @@ def test_a_mlp_output_projection_is_solved_before_adamw():
     from transformers.models.llama.modeling_llama import LlamaMLP
 
     from kallm.distill.layerwise import _warm_start_output_projection
+    from kallm.distill.solve import FitRows
 
     torch.manual_seed(0)
     teacher = LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=48))
@@ -180,7 +181,7 @@ def test_a_mlp_output_projection_is_solved_before_adamw():
     with torch.no_grad():
         y = teacher(x)
     assert fvu(student(x).detach(), y) > 1.0
-    assert _warm_start_output_projection(student, x, y, ridge=1e-10)
+    assert _warm_start_output_projection(student, FitRows.split(x, y, 0.1), ridge=1e-10) == 1e-10
     assert fvu(student(x).detach(), y) < 1e-8
 
 
@@ -215,7 +216,10 @@ def test_distill_errors(original, io):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"tokens": 8}, "distill.tokens must be at least 16"),
     ({"method": "sgd"}, "must be auto, lstsq or adamw"),
-    ({"ridge": -1.0}, "distill.ridge must be >= 0"),
+    ({"ridge": -1.0}, "distill.ridge must be auto or a number >= 0"),
+    ({"ridge": "big"}, "distill.ridge must be auto or a number >= 0"),
+    ({"rounds": 0}, "must be positive"),
+    ({"validation_fraction": 0.0}, r"validation_fraction must be in \(0, 0.5\)"),
     ({"steps": 0}, "must be positive"),
     ({"holdout_fraction": 0.5}, r"holdout_fraction must be in \(0, 0.5\)"),
 ])

@@ -3,6 +3,8 @@
 | module | concept |
 | --- | --- |
 | `layerwise` | `DistillConfig`; record the original FFNs' inputs and outputs once, fit each replacement (least squares, AdamW) |
+| `solve` | least-squares read-outs: the ridge chosen on validation rows, kept only if better than the current weights |
+| `adamw` | the AdamW stage: best state kept, restarted at half the lr when its first measurement is worse |
 | `sequential` | fit layers bottom-up on the states the retrofitted model really produces (targets `ffn` or `block`) |
 | `teacher` | the untouched model rebuilt beside a retrofit, sharing every frozen tensor (for the fit and for KD) |
 """

@@ -4,8 +4,10 @@
    selected layers and keeps (input, output) pairs of N non-padding tokens per layer (float32).
 2. After surgery, `distill_retrofit` fits every replacement on those pairs: a closed-form ridge
    least-squares solve where the layer is linear in its weights (a KAN is: expansion, then one
-   matmul — `expand(x) @ fused_weight()`), mini-batch AdamW otherwise (linear restarts; stacked KANs,
-   whose last layer is first solved by least squares on the random first layers' features).
+   matmul — `expand(x) @ fused_weight()`; the ridge chosen on validation rows, `kallm.distill.solve`),
+   best-keeping AdamW otherwise (`kallm.distill.adamw`): an MLP (fresh SwiGLU, pruned, ...) alternates
+   a least-squares output projection with AdamW rounds; a stacked KAN starts with its last layer solved
+   on what its earlier layers, fitted to carry their input on, give.
 3. Each layer's fraction of variance unexplained (FVU = MSE / Var(target)) is measured on held-out tokens.
 
 No backprop through the model is needed: the regression is local to each layer.
@@ -14,15 +16,17 @@ No backprop through the model is needed: the regression is local to each layer.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
 
+from kallm.distill.adamw import fit_adamw, validation_fvu
+from kallm.distill.solve import FitRows, fit_readout, fvu
 from kallm.errors import KallmError
 from kallm.io import write_with_atomic
 from kallm.progress import progress_bar
@@ -41,13 +45,20 @@ class DistillConfig:
     mode: Literal["layerwise", "sequential"] = "layerwise"
     target: Literal["ffn", "block"] = "ffn"
     method: Literal["auto", "lstsq", "adamw"] = "auto"
-    # lstsq: ridge strength relative to the mean diagonal of the Gram matrix. 1e-2 gave the lowest held-out
-    # FVU on SmolLM2 last:5 with 7.4k fit tokens (2,304 features per layer; benchmarks/distill_study.py).
-    ridge: float = 1e-2
-    steps: int = 300  # adamw: optimisation steps
+    # ridge strength relative to the mean diagonal of the Gram matrix, or auto: chosen per layer on the
+    # validation rows (a fixed 1e-2 overfitted a degree-6 KAN at 16k tokens: held-out FVU 0.40-0.53, train
+    # 0.33-0.44, SmolLM2-135M)
+    ridge: float | Literal["auto"] = "auto"
+    steps: int = 300  # adamw: optimisation steps (all rounds together)
     lr: float = 3e-3
     batch_tokens: int = 1024
-    holdout_fraction: float = 0.1
+    rounds: int = 3  # adamw on an MLP: rounds of AdamW, each followed by a least-squares output projection
+    holdout_fraction: float = 0.1  # of the tokens: the rows the reported FVU is measured on
+    # plain-text files (never an eval.heldout file) whose blocks make up `text_fraction` of the fit's tokens,
+    # the rest from the training sample (kallm.experiment.distill_data)
+    text: tuple[str, ...] = ()
+    text_fraction: float = 0.5
+    validation_fraction: float = 0.1  # of the rest: the rows that choose the ridge and AdamW's best state
 
     def __post_init__(self) -> None:
         if self.tokens < 16:
@@ -60,12 +71,16 @@ class DistillConfig:
         if self.target == "block" and self.mode != "sequential":
             raise KallmError("distill.target: block fits a layer to the original's output given the retrofitted "
                              "layers below it; it needs mode: sequential")
-        if self.ridge < 0:
-            raise KallmError(f"distill.ridge must be >= 0, got {self.ridge}")
-        if self.steps <= 0 or self.lr <= 0 or self.batch_tokens <= 0:
-            raise KallmError("distill.steps, distill.lr and distill.batch_tokens must be positive")
-        if not 0 < self.holdout_fraction < 0.5:
-            raise KallmError(f"distill.holdout_fraction must be in (0, 0.5), got {self.holdout_fraction}")
+        if self.ridge != "auto" and (isinstance(self.ridge, str | bool) or not self.ridge >= 0):
+            raise KallmError(f"distill.ridge must be auto or a number >= 0, got {self.ridge!r}")
+        if self.steps <= 0 or self.lr <= 0 or self.batch_tokens <= 0 or self.rounds <= 0:
+            raise KallmError("distill.steps, distill.lr, distill.batch_tokens and distill.rounds must be positive")
+        if not 0 <= self.text_fraction <= 1 or (self.text and self.text_fraction == 0):
+            raise KallmError(f"distill.text_fraction must be in (0, 1] with distill.text files (0 without), "
+                             f"got {self.text_fraction}")
+        for name in ("holdout_fraction", "validation_fraction"):
+            if not 0 < getattr(self, name) < 0.5:
+                raise KallmError(f"distill.{name} must be in (0, 0.5), got {getattr(self, name)}")
 
 
 @dataclass
@@ -75,6 +90,9 @@ class LayerFit:
     fvu: float  # on held-out tokens
     train_fvu: float
     tokens: int
+    ridge: float | None = None  # the last least-squares solve's (None: none was used, the start was better)
+    val_fvu: list[float] = field(default_factory=list)  # AdamW fits: validation FVU after each stage
+    lr: float | None = None  # AdamW fits: the lr it ended with (halved on each restart)
 
 
 def _ffn_endpoints(site: FFNSite) -> tuple[nn.Module, nn.Module]:
@@ -153,43 +171,23 @@ def load_ffn_io(path: str | Path) -> dict[int, tuple[Tensor, Tensor]]:
         raise KallmError(f"activation cache {path} is damaged or not kallm's ({type(exc).__name__}: {exc})") from None
 
 
-def fvu(pred: Tensor, target: Tensor) -> float:
-    """Fraction of variance unexplained, pooled over output channels."""
-    var = (target - target.mean(0)).pow(2).sum()
-    return float((pred - target).pow(2).sum() / var.clamp_min(1e-12))
-
-
-def _ridge_fit(chunks: Iterable[tuple[Tensor, Tensor]], with_bias: bool, ridge: float) -> tuple[Tensor, Tensor | None]:
-    """Ridge least squares from (features, targets) chunks: (W (features, out), bias or None), float64.
-
-    The normal equations are accumulated chunk by chunk (never all features at once); the ridge is
-    `ridge` times the mean of the Gram matrix's diagonal. A float32 model's chunk products are float32
-    (half the time of float64, and they were most of a degree-6 KAN's fit; the held-out FVU on SmolLM2's
-    layers agreed to 1e-6), a float64 model's float64; the sums and the solve are float64."""
-    gram = rhs = None
-    for feats, target in chunks:
-        feats = feats if feats.dtype == torch.float64 else feats.float()
-        if with_bias:
-            feats = torch.cat([feats, feats.new_ones(len(feats), 1)], dim=1)
-        g, r = (feats.T @ feats).double(), (feats.T @ target.to(feats.dtype)).double()
-        gram, rhs = (g, r) if gram is None else (gram + g, rhs + r)
-    gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
-    solution = torch.linalg.solve(gram, rhs)
-    return (solution[:-1], solution[-1]) if with_bias else (solution, None)
-
-
-def _fit_lstsq(module: nn.Module, x: Tensor, y: Tensor, ridge: float, chunk: int = 4096) -> None:
-    """Ridge regression on the layer's design matrix (its basis expansion)."""
+def _fit_lstsq(module: nn.Module, rows: FitRows, ridge: float | str, refit_all: bool = False) -> float | None:
+    """Ridge regression on the layer's design matrix (its basis expansion): the ridge chosen, None when the
+    layer's current weights were better on the validation rows (and kept)."""
     has_bias = getattr(module, "bias", None) is not None
     with torch.no_grad():
-        chunks = ((module.expand(x[s:s + chunk]), y[s:s + chunk]) for s in range(0, len(x), chunk))
-        weight, bias = _ridge_fit(chunks, has_bias, ridge)
-        if bias is not None:
-            module.bias.copy_(bias.to(module.bias.dtype))
-        module.set_fused_weight(weight.to(torch.float32))
+        current = module(rows.x_val)
+    readout = fit_readout(module.expand, rows, has_bias, ridge, current, refit_all)
+    if readout is None:
+        return None
+    with torch.no_grad():
+        if readout.bias is not None:
+            module.bias.copy_(readout.bias.to(module.bias.dtype))
+        module.set_fused_weight(readout.weight.to(module.weight.dtype))
+    return readout.ridge
 
 
-def _warm_start_last_layer(module: nn.Module, x: Tensor, y: Tensor, ridge: float) -> None:
+def _warm_start_last_layer(module: nn.Module, rows: FitRows, ridge: float | str) -> float | None:
     """Start a stack close to a one-layer fit: earlier layers pass their input on, the last is solved.
 
     Each earlier layer that is linear in its weights is first fitted (least squares) to carry its input
@@ -200,13 +198,15 @@ def _warm_start_last_layer(module: nn.Module, x: Tensor, y: Tensor, ridge: float
     budget undoing that (measured: a two-layer KAN at the original's parameter count diverged at lr 2e-3).
     """
     with torch.no_grad():
-        hidden = x
+        hidden = rows
         for layer in module.layers[:-1]:
-            carried = _carried(hidden, getattr(layer, "out_features", 0)) if _linear_in_weights(layer) else None
+            carried = _carried(hidden.all_x(), getattr(layer, "out_features", 0)) if _linear_in_weights(layer) \
+                else None
             if carried is not None:
-                _fit_lstsq(layer, hidden, carried, ridge)
-            hidden = layer(hidden)
-    _fit_lstsq(module.layers[-1], hidden, y, ridge)
+                n = len(hidden.x)
+                _fit_lstsq(layer, FitRows(hidden.x, carried[:n], hidden.x_val, carried[n:]), ridge)
+            hidden = FitRows(layer(hidden.x), rows.y, layer(hidden.x_val), rows.y_val)
+    return _fit_lstsq(module.layers[-1], hidden, ridge)
 
 
 def _carried(x: Tensor, width: int) -> Tensor | None:
@@ -221,71 +221,98 @@ def _carried(x: Tensor, width: int) -> Tensor | None:
     return (x.double() @ vh[:width].T).to(x.dtype)
 
 
-def _warm_start_output_projection(module: nn.Module, x: Tensor, y: Tensor, ridge: float) -> bool:
+def _output_projection(module: nn.Module, width: int) -> nn.Module | None:
+    """The MLP's single projection back to the hidden size, an nn.Linear or a GPT-2 Conv1D (weight stored
+    (in, out)); None when there is not exactly one."""
+    outs = [m for m in module.modules() if (isinstance(m, nn.Linear) and m.out_features == width)
+            or (isinstance(m, Conv1D) and m.nf == width)]
+    return outs[0] if len(outs) == 1 else None
+
+
+def _warm_start_output_projection(module: nn.Module, rows: FitRows, ridge: float | str) -> float | None:
     """Solve an MLP's projection back to the hidden size by least squares on its input activations.
 
-    Such an MLP (a SwiGLU, a linear restart, a narrowed control) is linear in that projection's weights
-    given the rest, so the AdamW fit that follows starts from the best output layer for its features,
-    as a KAN starts from its exact solve (measured: 100 AdamW steps alone left the demo's SwiGLU
-    control's fit unconverged). False when there is no single nn.Linear onto y's width.
+    Such an MLP (a SwiGLU, a linear restart, a narrowed control, a pruned MLP) is linear in that
+    projection's weights given the rest. The solution replaces the current weights only if it is better
+    on the validation rows (a pruned MLP's kept channels, the original's own projection, may be). The
+    ridge chosen; None when the current weights were kept or there is no single nn.Linear onto y's width.
     """
-    outs = [m for m in module.modules() if isinstance(m, nn.Linear) and m.out_features == y.shape[1]]
-    if len(outs) != 1:
-        return False
-    out = outs[0]
+    out = _output_projection(module, rows.y.shape[1])
+    if out is None:
+        return None
     with torch.no_grad():
-        weight, bias = _ridge_fit(_projection_inputs(module, out, x, y), out.bias is not None, ridge)
-        if bias is not None:
-            out.bias.copy_(bias.to(out.bias.dtype))
-        out.weight.copy_(weight.T.to(out.weight.dtype))
-    return True
+        current = module(rows.x_val)
+    readout = fit_readout(lambda x: _projection_input(module, out, x), rows, out.bias is not None, ridge, current)
+    if readout is None:
+        return None
+    with torch.no_grad():
+        if readout.bias is not None:
+            out.bias.copy_(readout.bias.to(out.bias.dtype))
+        out.weight.copy_((readout.weight if isinstance(out, Conv1D) else readout.weight.T).to(out.weight.dtype))
+    return readout.ridge
 
 
-def _projection_inputs(module: nn.Module, out: nn.Linear, x: Tensor, y: Tensor,
-                       chunk: int = 4096) -> Iterator[tuple[Tensor, Tensor]]:
-    """(what `out` receives, target) per chunk of x, as `module` runs it (a hook on `out`)."""
+def _projection_input(module: nn.Module, out: nn.Module, x: Tensor) -> Tensor:
+    """What `out` receives when `module` runs on x (a hook on `out`)."""
     seen: list[Tensor] = []
-    hook = out.register_forward_pre_hook(lambda _m, args: seen.append(args[0].reshape(-1, out.in_features)))
+    hook = out.register_forward_pre_hook(lambda _m, args: seen.append(args[0].reshape(len(x), -1)))
     try:
-        for start in range(0, len(x), chunk):
-            module(x[start:start + chunk])
-            yield seen.pop(), y[start:start + chunk]
+        module(x)
     finally:
         hook.remove()
+    return seen[0]
 
 
-def _fit_adamw(module: nn.Module, x: Tensor, y: Tensor, cfg: DistillConfig, seed: int) -> None:
+def _solve_last_layer(module: nn.Module, rows: FitRows, ridge: float | str) -> float | None:
+    """Solve a stack's last layer by least squares on what its earlier layers give (kept if not better)."""
+    with torch.no_grad():
+        hidden_x, hidden_val = rows.x, rows.x_val
+        for layer in module.layers[:-1]:
+            hidden_x, hidden_val = layer(hidden_x), layer(hidden_val)
+    return _fit_lstsq(module.layers[-1], FitRows(hidden_x, rows.y, hidden_val, rows.y_val), ridge)
+
+
+def _readout(module: nn.Module, width: int) -> tuple[nn.Module, Callable[[FitRows, float | str], float | None]] | None:
+    """The part of `module` that least squares can solve given the rest (a stack's last KAN layer, an MLP's
+    output projection) and its solver; None when there is none."""
     layers = getattr(module, "layers", None)
     if isinstance(layers, nn.ModuleList) and len(layers) > 1 and _linear_in_weights(layers[-1]):
-        _warm_start_last_layer(module, x, y, cfg.ridge)
-    else:
-        _warm_start_output_projection(module, x, y, cfg.ridge)
-    params = [p for p in module.parameters() if p.requires_grad] or list(module.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1))))
-    gen = torch.Generator().manual_seed(seed)
-    scale = y.pow(2).mean().clamp_min(1e-12)  # normalised MSE keeps the lr meaningful across layers
-    probe = slice(0, min(len(x), 8192))
+        return layers[-1], lambda rows, ridge: _solve_last_layer(module, rows, ridge)
+    out = _output_projection(module, width)
+    if out is None:
+        return None
+    return out, lambda rows, ridge: _warm_start_output_projection(module, rows, ridge)
 
-    def probe_loss() -> float:
-        with torch.no_grad():
-            return float((module(x[probe]) - y[probe]).pow(2).mean() / scale)
 
-    start_loss = probe_loss()
-    start_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    with torch.enable_grad():
-        for _ in range(cfg.steps):
-            idx = torch.randint(0, len(x), (min(cfg.batch_tokens, len(x)),), generator=gen)
-            loss = (module(x[idx]) - y[idx]).pow(2).mean() / scale
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    end_loss = probe_loss()
-    if not end_loss <= start_loss:  # too high an lr for this layer's scale: never leave it worse than it started
-        log.warning("distill: AdamW raised the fit loss from %.4g to %.4g (lr %g too high?); keeping the start",
-                    start_loss, end_loss, cfg.lr)
-        module.load_state_dict(start_state)
+def _fit_iterative(module: nn.Module, rows: FitRows, cfg: DistillConfig, seed: int, what: str
+                   ) -> tuple[float | None, list[float], float]:
+    """Alternating least squares: the read-out solved, then a round of best-keeping AdamW on the rest (the
+    read-out held at its solution, so AdamW improves the features it reads), `distill.rounds` times within
+    `distill.steps`, and a final solve. A stack first carries its input to its last layer. Each stage keeps
+    the better of its result and its start on the validation rows: the losses never rise. Returns (ridge of
+    the last solve, the validation FVU after each stage, the lr AdamW ended with)."""
+    found = _readout(module, rows.y.shape[1])
+    if found is None:
+        stage = fit_adamw(module, rows, cfg.steps, cfg.lr, cfg.batch_tokens, seed, what)
+        return None, [stage.start, stage.best], stage.lr
+    readout, solve = found
+    layers = getattr(module, "layers", None)
+    ridge = _warm_start_last_layer(module, rows, cfg.ridge) if layers is not None and readout is layers[-1] else None
+    losses, lr = [validation_fvu(module, rows)], cfg.lr
+    for r in range(cfg.rounds + 1):
+        solved = solve(rows, cfg.ridge)
+        ridge = solved if solved is not None else ridge
+        losses.append(validation_fvu(module, rows))
+        if r == cfg.rounds:
+            break
+        held = {id(p) for p in readout.parameters()}
+        rest = [p for p in module.parameters() if id(p) not in held and p.requires_grad]
+        if rest:  # a module that is its read-out alone has nothing else to train
+            stage = fit_adamw(module, rows, max(1, cfg.steps // cfg.rounds), lr, cfg.batch_tokens,
+                              seed + 7919 * r, what, params=rest)
+            lr = stage.lr
+            losses.append(stage.best)
+    return ridge, losses, lr
 
 
 def _linear_in_weights(module: nn.Module) -> bool:
@@ -312,20 +339,25 @@ def replacement_module(layers, i: int) -> nn.Module:
 
 
 def fit_replacement(module: nn.Module, x: Tensor, y: Tensor, cfg: DistillConfig, seed: int, layer: int) -> LayerFit:
-    """Fit `module` to map x -> y (the last `holdout_fraction` of the rows held out to measure the FVU)."""
+    """Fit `module` to map x -> y (the last `holdout_fraction` of the rows held out to measure the FVU; the
+    last `validation_fraction` of the rest chooses the ridge and AdamW's best state)."""
     ref = next(module.parameters())
     n_hold = max(1, int(len(x) * cfg.holdout_fraction))
     x_fit, y_fit = x[:-n_hold].to(ref.device, ref.dtype), y[:-n_hold].to(ref.device, ref.dtype)
     x_hold, y_hold = x[-n_hold:].to(ref.device, ref.dtype), y[-n_hold:].to(ref.device, ref.dtype)
+    rows = FitRows.split(x_fit, y_fit, cfg.validation_fraction)
     method = _fit_method(module, cfg.method)
-    if method == "lstsq":
-        _fit_lstsq(module, x_fit, y_fit, cfg.ridge)
+    losses: list[float] = []
+    lr = None
+    if method == "lstsq":  # nothing is compared with the solution afterwards: solved again on every fit row
+        ridge = _fit_lstsq(module, rows, cfg.ridge, refit_all=True)
     else:
-        _fit_adamw(module, x_fit, y_fit, cfg, seed)
+        ridge, losses, lr = _fit_iterative(module, rows, cfg, seed, f" layer {layer}")
     with torch.no_grad():
         fit = LayerFit(layer, method, fvu(module(x_hold).float(), y_hold.float()),
-                       fvu(module(x_fit[:8192]).float(), y_fit[:8192].float()), len(x))
-    log.info("distilled layer %d (%s): held-out FVU %.4f, train FVU %.4f", layer, method, fit.fvu, fit.train_fvu)
+                       fvu(module(x_fit[:8192]).float(), y_fit[:8192].float()), len(x), ridge, losses, lr)
+    log.info("distilled layer %d (%s): held-out FVU %.4f, train FVU %.4f, ridge %s", layer, method, fit.fvu,
+             fit.train_fvu, "kept" if ridge is None else f"{ridge:g}")
     return fit
 
 

@@ -60,6 +60,9 @@ def check_inputs(config: ExperimentConfig, out: Path | None = None) -> None:
         _at(config, "train.data", lambda: check_data(config.data_sources()))
     for i, path in enumerate(config.heldout_paths()):
         _at(config, f"eval.heldout[{i}]", lambda path=path: check_data([path]))
+    if any(v.init == "distill" for v in config.variants):  # a distill.text file that is held out is refused
+        for i, path in enumerate(_at(config, "distill.text", config.distill_text_paths)):
+            _at(config, f"distill.text[{i}]", lambda path=path: check_data([path]))
     _at(config, "eval.data_dir", lambda: check_bbh_data(config.bbh_data_dir(), ecfg.tasks, ecfg.limit))
     _at(config, "device", lambda: resolve_device(config.device))
     _at(config, "output_dir", lambda: check_output(out or config.output_path()))

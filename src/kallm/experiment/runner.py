@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kallm.data import ConversationSet, TextSet, load_training_data, token_batches
+from kallm.data import ConversationSet, TextSet, load_training_data
 from kallm.data.sampling import count_by_source
 from kallm.distill.layerwise import (
     DistillConfig,
@@ -39,6 +39,7 @@ from kallm.errors import KallmError
 from kallm.evaluation.bbh import evaluate_bbh, load_tasks
 from kallm.evaluation.bbh.chance import chance_levels
 from kallm.experiment.data_record import batch_counts, fitting_order, training_counts
+from kallm.experiment.distill_data import DistillData, cache_tag, distill_data
 from kallm.experiment.eval_cache import CachedPrefixForward
 from kallm.experiment.heldout_sets import GridHeldout, heldout_record, write_scores
 from kallm.experiment.plan import PlannedRun
@@ -88,6 +89,7 @@ class GridRunner:
         self._prepared: tuple[list, list] | None = None
         self._data: dict[str, Any] | None = None  # the grid's data record: the same for every run
         self._fit_counts: dict[str, Any] | None = None  # ... and what the fit reads, for runs that fit
+        self._fit_data: DistillData | None = None
 
     # ------------------------------------------------------------ shared inputs
 
@@ -143,7 +145,7 @@ class GridRunner:
         cfg = self.config.distill or DistillConfig()
         _, layers = find_decoder_layers(model)
         indices = parse_layer_spec(self.config.layers, len(layers))
-        path = self._cache_file(f"distill-io-{cfg.tokens}-{'_'.join(map(str, indices))}")
+        path = self._cache_file(f"distill-io-{cfg.tokens}-{'_'.join(map(str, indices))}{cache_tag(self.config)}")
         if self._distill_io is None and path.is_file():
             try:
                 self._distill_io = load_ffn_io(path)
@@ -165,13 +167,14 @@ class GridRunner:
         return self._prepared
 
     def distill_batches(self, tokenizer) -> list[dict]:
-        """The training conversations distillation fits on: the first `distill.tokens` tokens of the split,
-        in an order stratified by source file (data_seed), so the fit sees every source in proportion."""
-        cfg = self.config.distill or DistillConfig()
-        examples = fitting_order(self.prepared(tokenizer)[0], self.conversations(tokenizer),
-                                 self.config.train.data_seed)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return token_batches(examples, pad, cfg.tokens)
+        """What distillation fits on: the first `distill.tokens` tokens of the split, in an order stratified
+        by source file (data_seed), so the fit sees every source in proportion; with `distill.text`, that
+        share of plain-text blocks interleaved (kallm.experiment.distill_data)."""
+        if self._fit_data is None:
+            examples = fitting_order(self.prepared(tokenizer)[0], self.conversations(tokenizer),
+                                     self.config.train.data_seed)
+            self._fit_data = distill_data(self.config, tokenizer, examples)
+        return self._fit_data.batches
 
     def data_record(self, tokenizer, fitted: bool) -> dict[str, Any]:
         """Per-source conversation/token counts of training, fitting (when `fitted`) and the carved set."""
@@ -184,8 +187,9 @@ class GridRunner:
         if not fitted:
             return dict(self._data)
         if self._fit_counts is None:
-            self._fit_counts = batch_counts(self.distill_batches(tokenizer), self.conversations(tokenizer))
-        return {**self._data, "fit": self._fit_counts}
+            self.distill_batches(tokenizer)
+            self._fit_counts = batch_counts(self._fit_data.sample, self.conversations(tokenizer))
+        return {**self._data, "fit": self._fit_counts, "fit_text": self._fit_data.record()}
 
     def eval_forward(self, model: nn.Module, report: RetrofitReport) -> CachedPrefixForward | None:
         """The shared prefix-cached forward for likelihood evaluation, when it is valid."""
@@ -355,6 +359,7 @@ class GridRunner:
         train_record["metrics_path"] = str(files.metrics.resolve().relative_to(self.out.resolve()))
         if distill_record is not None:
             distill_record["eval_loss_after"] = result.initial_eval_loss
+            distill_record["data"] = self.data_record(tokenizer, fitted=True)["fit_text"]
         return report, distill_record, train_record
 
     def _evaluate(self, model: nn.Module, tokenizer, report: RetrofitReport,

@@ -318,6 +318,19 @@ class ExperimentConfig:
         """`eval.heldout` files as absolute paths."""
         return [self._path(f"eval.heldout[{i}]", text) for i, text in enumerate(self.eval.heldout)]
 
+    def distill_text_paths(self) -> list[Path]:
+        """`distill.text` files as absolute paths; one that is also an `eval.heldout` set is refused (a fit on
+        the text it is scored on would flatter every fitted variant)."""
+        if self.distill is None:
+            return []
+        paths = [self._path(f"distill.text[{i}]", text) for i, text in enumerate(self.distill.text)]
+        heldout = {p.resolve() for p in self.heldout_paths()}
+        for i, path in enumerate(paths):
+            if path.resolve() in heldout:
+                raise KallmError(f"distill.text[{i}]: {path} is also in eval.heldout; distil on other text "
+                                 "(e.g. wikitext-2's valid.txt when test.txt is held out)")
+        return paths
+
     def bbh_data_dir(self) -> str | Path | None:
         """`eval.data_dir`: a local folder as an absolute path; a hub id (and None, the default) as is."""
         text = self.eval.data_dir
