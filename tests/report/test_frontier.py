@@ -127,3 +127,18 @@ def test_a_grid_without_budgets_has_no_frontier(tmp_path):
     (tmp_path / "plots" / "frontier.png").write_bytes(b"stale")
     text = write_report(tmp_path).read_text()
     assert "## Frontier" not in text and not (tmp_path / "plots" / "frontier.png").exists()
+
+
+def test_a_kan_of_fixed_size_sits_at_its_share_of_the_replaced_parameters(tmp_path):
+    """A one-layer KAN has no budget (its degree sets its size): it joins the frontier at new/old parameters,
+    named like a budgeted form so that its sizes make one line; an unbudgeted control does not."""
+    grid = {**GRID, "kan-0.5x": ("kan:chebyshev2:2", 1000, [0], 0.2), "fresh": ("linear", 2000, [0], 0.1)}
+    make_frontier(tmp_path, grid)
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    for r in records:
+        if r["variant"] in ("kan-0.5x", "fresh"):
+            r["params"].update(replaced_old=10_000, replaced_new=r["params"]["new_per_layer"] * 5)
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    points = {p.name: p for p in frontier_points(summarise(load_results(tmp_path)))}
+    assert (str(points["kan-0.5x"].budget), points["kan-0.5x"].form) == ("0.5", "kan")
+    assert "fresh" not in points
