@@ -142,3 +142,16 @@ def test_a_kan_of_fixed_size_sits_at_its_share_of_the_replaced_parameters(tmp_pa
     points = {p.name: p for p in frontier_points(summarise(load_results(tmp_path)))}
     assert (str(points["kan-0.5x"].budget), points["kan-0.5x"].form) == ("0.5", "kan")
     assert "fresh" not in points
+
+
+def test_each_kan_is_compared_with_the_controls_of_its_budget(tmp_path):
+    from kallm.report.heldout_comparisons import matched_controls, pairwise
+
+    make_frontier(tmp_path)
+    summaries = summarise(load_results(tmp_path))
+    by_name = {s.name: s for s in summaries}
+    assert [c.name for c in matched_controls(by_name["cheb-0.5x"], summaries)] == ["pruned-0.5x", "linear-0.5x"]
+    assert [c.name for c in matched_controls(by_name["cheb-1x"], summaries)] == ["pruned-1x", "linear-1x"]
+    pairs = {(p.variant, p.reference) for p in pairwise(tmp_path, summaries) if p.role == "control"}
+    assert ("cheb-0.5x", "pruned-0.5x") in pairs and ("leg-0.5x", "linear-0.5x") in pairs
+    assert not any(v.startswith(("pruned", "linear")) for v, _ in pairs)

@@ -18,6 +18,7 @@ from kallm.folders.layout import DEFAULT_HELDOUT_SET, HELDOUT, ExperimentFolder
 from kallm.folders.records import read_heldout_scores
 from kallm.report.records import VariantSummary
 from kallm.report.stats import DifferenceCI, HeldoutRuns, nll_difference_ci
+from kallm.retrofitting.variant import VARIANT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,15 @@ def versus_original(run_dir: Path, summaries: list[VariantSummary], stage: str =
 TUNED_ORIGINAL = "original trained the same way"
 
 
+def matched_controls(kan: VariantSummary, summaries: list[VariantSummary]) -> list[VariantSummary]:
+    """The variants sized `same-as` `kan`, and the controls (`VariantKind.role`) sized by the same budget."""
+    def same_budget(c: VariantSummary) -> bool:
+        if c.variant is None or kan.variant is None or kan.variant.budget is None:
+            return False
+        return VARIANT_KINDS.get(c.variant.kind).role == "control" and c.variant.budget == kan.variant.budget
+    return [c for c in summaries if c is not kan and (c.same_as == kan.name or same_budget(c))]
+
+
 def pairwise(run_dir: Path, summaries: list[VariantSummary]) -> list[HeldoutComparison]:
     """Each KAN against its parameter-matched control (a variant sized `same-as` it), the linear restart and
     the original trained by the same recipe (`init: original`), where the grid has them."""
@@ -93,9 +103,9 @@ def pairwise(run_dir: Path, summaries: list[VariantSummary]) -> list[HeldoutComp
     tuned = next((s for s in summaries if s.is_tuned_original), None)
     out = []
     for s in summaries:
-        if s.variant is None or s.variant.kind != "kan":
+        if s.variant is None or VARIANT_KINDS.get(s.variant.kind).role != "kan":
             continue
-        for control in (c for c in summaries if c.same_as == s.name):
+        for control in matched_controls(s, summaries):
             out.append(_compare(run_dir, s, control, "control", "final"))
         for reference, role in ((restart, "linear restart"), (tuned, TUNED_ORIGINAL)):
             if reference is not None:

@@ -141,9 +141,10 @@ def _heldout_section(a: _Analysis, image) -> list[str]:
           verdict.heldout_table(a.summaries, a.final, a.original), ""]
     md += image("heldout_vs_params", "held-out NLL vs trainable parameters")
     if a.pairs:
-        md += ["### Fair comparisons", "", "Each KAN against its parameter-matched linear control (a fresh MLP of "
-               "the model's own class sized to the KAN's parameter count), the full-size linear restart and the "
-               "original trained the same way, where the grid has them; negative Δ means the KAN is better.", "",
+        md += ["### Fair comparisons", "", "Each KAN (a KAN layer, or KAN functions on projections) against its "
+               "parameter-matched controls (a variant sized `same-as` it, and the fresh or pruned MLP of the "
+               "model's own class at its budget), the full-size linear restart and the original trained the same "
+               "way, where the grid has them; negative Δ means the KAN is better.", "",
                verdict.pairwise_table(a.pairs), ""]
     return md
 
