@@ -241,3 +241,28 @@ def test_save_load_reproduces_logits(tmp_path, arch, variant):
     loaded, _ = load_retrofit(tmp_path / "retro")
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, expected)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2"])
+def test_the_own_mlp_form_chooses_its_channels_again_on_data_the_ungated_form_keeps_its_start(arch):
+    """Before a distillation fit the own-MLP form takes the channels the layer's inputs use most (its
+    projections then equal the original's pruned to those channels); the ungated form is left as built."""
+    from kallm.retrofitting.arch import model_dims
+    from kallm.retrofitting.pruning import activation_importance, prune_projections
+
+    original = make_tiny_model(arch)
+    dims = model_dims(original)
+    x = torch.randn(300, dims[0], generator=torch.Generator().manual_seed(1))
+    for variant, refined in (("kat:chebyshev2:3@hidden=24", True), ("kat:chebyshev2:3;ungated@hidden=24", False)):
+        model = copy.deepcopy(original)
+        retrofit(model, layers="last:1", variant=variant, seed=0)
+        new = replacement_modules(find_decoder_layers(model)[1][3])[0].kallm_ffn
+        mlp = find_ffn(find_decoder_layers(original)[1][3], 3).module
+        before = copy.deepcopy(new.state_dict())
+        assert KAT.refine_start(mlp, new, x, dims) is refined
+        if not refined:
+            assert all(torch.equal(before[k], v) for k, v in new.state_dict().items())
+            continue
+        keep = torch.sort(torch.argsort(activation_importance(mlp, x, *dims), descending=True)[:24]).values
+        expected = prune_projections(copy.deepcopy(mlp), *dims, keep).state_dict()
+        assert all(torch.equal(expected[k], new.state_dict()[k]) for k in expected)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from kallm.errors import KallmError
 from kallm.retrofitting import parse_variant, retrofit
 from kallm.retrofitting.arch import find_decoder_layers, find_ffn
-from kallm.retrofitting.pruning import channel_importance, kept_channels
+from kallm.retrofitting.pruning import (
+    activation_importance,
+    channel_importance,
+    kept_channels,
+    prune_projections,
+    reselect_channels,
+)
 from tests.tiny_models import TINY_CONFIGS, make_tiny_model
 
 IDS = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -90,3 +98,41 @@ def test_parameter_counts_are_those_of_the_linear_control_of_the_same_width(arch
         report = retrofit(make_tiny_model(arch), layers="last:2", variant=text, freeze="ffn")
         counts[parse_variant(text).kind] = (report.replaced_new_params, report.hidden_width, report.trainable_params)
     assert counts["pruned"] == counts["linear"]
+
+
+def _mlp_with_idle_heavy_channels():
+    """A tiny llama MLP (d 32, inter 64) whose channels 0-47 have the largest weights but carry nothing on
+    inputs along the first axis (their gate rows are zero there), and x along that axis."""
+    mlp = find_decoder_layers(make_tiny_model("llama"))[1][3].mlp
+    with torch.no_grad():
+        mlp.gate_proj.weight[:48, 0] = 0.0
+        mlp.gate_proj.weight[:48, 1:] *= 10.0
+        mlp.gate_proj.weight[48:, 0] = 1.0
+    x = torch.zeros(200, 32)
+    x[:, 0] = torch.randn(200, generator=torch.Generator().manual_seed(0))
+    return mlp, x
+
+
+def test_activation_importance_is_each_channels_rms_times_its_column_norm():
+    mlp, x = _mlp_with_idle_heavy_channels()
+    with torch.no_grad():
+        h = (mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)).double()
+    expected = h.pow(2).mean(0).sqrt() * mlp.down_proj.weight.double().norm(dim=0)
+    score = activation_importance(mlp, x, 32, 64, chunk=64)  # chunks add up to the whole
+    torch.testing.assert_close(score, expected)
+    assert torch.all(score[:48] == 0) and torch.all(score[48:] > 0)
+
+
+def test_reselected_channels_are_those_the_data_uses():
+    """Weight norms keep the idle heavy channels; chosen again on x, the pruned MLP computes the original's
+    function on x exactly; a fresh module of another layout is left alone."""
+    mlp, x = _mlp_with_idle_heavy_channels()
+    by_weight = prune_projections(copy.deepcopy(mlp), 32, 64, kept_channels([mlp], 32, 64, 16))
+    with torch.no_grad():
+        assert not torch.allclose(by_weight(x), mlp(x), atol=1e-3)
+        assert reselect_channels(mlp, by_weight, x, 32, 64)
+        torch.testing.assert_close(by_weight(x), mlp(x), atol=1e-6, rtol=0)
+    other = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.Linear(16, 32))
+    before = copy.deepcopy(other.state_dict())
+    assert not reselect_channels(mlp, other, x, 32, 64)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())

@@ -30,9 +30,11 @@ from kallm.distill.solve import FitRows, fit_readout, fvu
 from kallm.errors import KallmError
 from kallm.io import write_with_atomic
 from kallm.progress import progress_bar
-from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn
+from kallm.retrofitting.arch import FFNSite, find_decoder_layers, find_ffn, model_dims
+from kallm.retrofitting.displaced import original_modules
 from kallm.retrofitting.surgery import replacement_modules
 from kallm.retrofitting.surgery_report import find_report, retrofit_report
+from kallm.retrofitting.variant import VARIANT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -338,13 +340,27 @@ def replacement_module(layers, i: int) -> nn.Module:
     return wrapped[0].kallm_ffn
 
 
-def fit_replacement(module: nn.Module, x: Tensor, y: Tensor, cfg: DistillConfig, seed: int, layer: int) -> LayerFit:
+def start_refiner(model: nn.Module, layers, i: int) -> Callable[[Tensor], bool] | None:
+    """Layer i's new FFN's start improved from real inputs of the layer (`VariantKind.refine_start`: a pruned
+    MLP chooses its channels by their activations); None when the FFN it replaced was not kept."""
+    wrapper = replacement_modules(layers[i])[0]
+    original = original_modules(model).get(id(wrapper))
+    if original is None:
+        return None
+    kind, dims = VARIANT_KINDS.get(retrofit_report(model).variant.kind), model_dims(model)
+    return lambda x: kind.refine_start(original, wrapper.kallm_ffn, x, dims)
+
+
+def fit_replacement(module: nn.Module, x: Tensor, y: Tensor, cfg: DistillConfig, seed: int, layer: int,
+                    refine: Callable[[Tensor], bool] | None = None) -> LayerFit:
     """Fit `module` to map x -> y (the last `holdout_fraction` of the rows held out to measure the FVU; the
     last `validation_fraction` of the rest chooses the ridge and AdamW's best state)."""
     ref = next(module.parameters())
     n_hold = max(1, int(len(x) * cfg.holdout_fraction))
     x_fit, y_fit = x[:-n_hold].to(ref.device, ref.dtype), y[:-n_hold].to(ref.device, ref.dtype)
     x_hold, y_hold = x[-n_hold:].to(ref.device, ref.dtype), y[-n_hold:].to(ref.device, ref.dtype)
+    if refine is not None and refine(x_fit):  # before the validation split: the fit rows only, never held-out
+        log.info("distill layer %d: channels chosen by their activations on the fit rows", layer)
     rows = FitRows.split(x_fit, y_fit, cfg.validation_fraction)
     method = _fit_method(module, cfg.method)
     losses: list[float] = []
@@ -374,7 +390,8 @@ def distill_retrofit(
         if i not in io:
             raise KallmError(f"no recorded activations for layer {i} (have {sorted(io)})")
         x, y = io[i]
-        fits.append(fit_replacement(replacement_module(layers, i), x, y, cfg, seed * 1000 + i, i))
+        fits.append(fit_replacement(replacement_module(layers, i), x, y, cfg, seed * 1000 + i, i,
+                                    start_refiner(model, layers, i)))
     return fits
 
 

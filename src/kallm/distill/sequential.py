@@ -25,7 +25,13 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from kallm.distill.layerwise import DistillConfig, LayerFit, fit_replacement, replacement_module
+from kallm.distill.layerwise import (
+    DistillConfig,
+    LayerFit,
+    fit_replacement,
+    replacement_module,
+    start_refiner,
+)
 from kallm.errors import KallmError
 from kallm.models.prefix import PrefixCache, prefix_hidden_states, skip_prefix
 from kallm.progress import progress_bar
@@ -147,7 +153,8 @@ def sequential_distill(model: nn.Module, teacher: nn.Module, batches: Sequence[d
             if k in report.layer_indices:
                 x, y, t_next = _layer_pairs(model, teacher, k, batches, s_states, t_states, target)
                 x, y = x[: cfg.tokens], y[: cfg.tokens]
-                fits.append(fit_replacement(replacement_module(layers, k), x, y, cfg, seed * 1000 + k, k))
+                fits.append(fit_replacement(replacement_module(layers, k), x, y, cfg, seed * 1000 + k, k,
+                                            start_refiner(model, layers, k)))
             s_states = [_run_layer(model, k, h, b) for h, b in zip(s_states, batches)]
             if target == "block":
                 # a fitted layer's pairs already ran the teacher's layer k; other layers run it here

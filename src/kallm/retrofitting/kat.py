@@ -34,7 +34,13 @@ from kallm.kan.spec import BasisSpec
 from kallm.retrofitting.arch import FFNSite, model_dims
 from kallm.retrofitting.ffn import RetrofitFFN, named_projections, projection_shape, replace_submodule
 from kallm.retrofitting.kinds import LinearKind, reinit_like_model
-from kallm.retrofitting.pruning import _channel_axis, _weight_in_out, kept_channels, prune_projections
+from kallm.retrofitting.pruning import (
+    _channel_axis,
+    _weight_in_out,
+    kept_channels,
+    prune_projections,
+    reselect_channels,
+)
 from kallm.retrofitting.sizing import _largest_width, _linear_count, ffn_param_count, resize_mlp
 from kallm.retrofitting.variant import Replacement, VariantKind, VariantSpec, register_variant_kind
 
@@ -247,6 +253,11 @@ class KatKind(VariantKind):
             if kan.out_proj.bias is not None:
                 kan.out_proj.bias.copy_(down.bias)
         return [(site.attr, RetrofitFFN(kan, self.name)), *((n, nn.Identity()) for n in site.bypass)]
+
+    def refine_start(self, original: nn.Module, new: nn.Module, x: torch.Tensor, dims: tuple[int, int]) -> bool:
+        """The own-MLP form chooses its channels again by their activations, as `pruned` does (the ungated
+        form's projections are named otherwise: it keeps its start)."""
+        return reselect_channels(original, new, x, *dims)
 
     def describe(self, attr: str, module: nn.Module, spec: VariantSpec) -> dict[str, Any]:
         inner = module.kallm_ffn

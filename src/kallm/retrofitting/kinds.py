@@ -12,7 +12,7 @@ import copy
 import dataclasses
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from kallm.errors import KallmError
 from kallm.kan import (
@@ -29,7 +29,7 @@ from kallm.kan.bases import BASES
 from kallm.kan.families import FAMILY_MODULES
 from kallm.retrofitting.arch import FFNSite, model_dims
 from kallm.retrofitting.ffn import RetrofitFFN, named_projections
-from kallm.retrofitting.pruning import kept_channels, prune_projections
+from kallm.retrofitting.pruning import kept_channels, prune_projections, reselect_channels
 from kallm.retrofitting.sizing import (
     ffn_param_count,
     kan_hidden_width,
@@ -127,6 +127,10 @@ class PrunedKind(LinearKind):
             pruned = prune_projections(copy.deepcopy(getattr(site.layer, name)), d, inter, keep)
             replacements.append((name, RetrofitFFN(pruned, self.name)))
         return replacements, width
+
+    def refine_start(self, original: nn.Module, new: nn.Module, x: Tensor, dims: tuple[int, int]) -> bool:
+        """The channels chosen again by their activations on the layer's inputs (weight norms had no data)."""
+        return reselect_channels(original, new, x, *dims)
 
 
 def _basis_specs(spec: KANSpec) -> list[BasisSpec]:

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from torch import nn
+from torch import Tensor, nn
 
 from kallm.errors import KallmError
 from kallm.kan import KANSpec
@@ -165,6 +165,12 @@ class VariantKind:
         New FFNs are wrapped in `RetrofitFFN` (kallm.retrofitting.ffn), whose parameters are "what is new".
         """
         raise KallmError(f"variant kind {self.name!r} builds no modules")
+
+    def refine_start(self, original: nn.Module, new: nn.Module, x: Tensor, dims: tuple[int, int]) -> bool:
+        """Before a distillation fit (`init: distill`): improve `new`'s start from the FFN it replaced
+        (`original`) and real inputs of the layer `x` (tokens, d); `dims` is (d, intermediate size). Kinds
+        that prune the original choose their channels again here. False: nothing was changed."""
+        return False
 
     def describe(self, attr: str, module: nn.Module, spec: VariantSpec) -> dict[str, Any]:
         """The config.json entry an export's model code rebuilds `module` from, without kallm.
