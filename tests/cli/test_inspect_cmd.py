@@ -28,7 +28,7 @@ def test_inspect_prints_table_and_totals(tiny_folder, capsys):
     [
         (["/no/such/model"], "does not exist"),
         (["{tiny}", "--layers", "last:9"], "has 4 layers"),
-        (["{tiny}", "--variant", "kam:chebyshev2:2"], "did you mean 'kan'"),
+        (["{tiny}", "--variant", "kann:chebyshev2:2"], "did you mean 'kan'"),
         (["{tiny}", "--variant", "kan:sequential(chebyshev2:2"], "chebyshev2"),
         (["{tiny}", "--freeze", "everything"], "freeze policy"),
         (["{t5}"], "not a causal language model"),
