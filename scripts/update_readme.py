@@ -1,9 +1,11 @@
-"""Copy a finished demo's verdict, held-out and BBH tables and plots into the README (between DEMO-RESULTS markers).
+"""Copy a finished grid's results from its report into the README (and benchmarks/RESULTS.md).
 
-    python scripts/update_readme.py runs/demo
+    python scripts/update_readme.py runs/demo [--wall TEXT]                 the demo (DEMO-RESULTS markers)
+    python scripts/update_readme.py runs/frontier --frontier [--wall TEXT]  the frontier: its verdict and plot in
+                                                                           the README, its tables in RESULTS.md
 
 Everything comes from the run folder's report.md and plots (generated from results.jsonl); the wall
-time of the whole `make demo` is passed in by the Makefile when known.
+time of the whole run is passed in when known (the Makefile does for `make demo`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- DEMO-RESULTS -->", "<!-- /DEMO-RESULTS -->"
+FRONTIER_START, FRONTIER_END = "<!-- FRONTIER-RESULTS -->", "<!-- /FRONTIER-RESULTS -->"
 PLOTS = ("heldout_vs_params.png", "accuracy_vs_params.png", "loss_curves.png")
 
 
@@ -59,21 +62,50 @@ def section(run_dir: Path, wall: str | None) -> str:
     )
 
 
+def frontier_sections(run_dir: Path, wall: str | None) -> tuple[str, str]:
+    """(the README's block: notes, verdict lines, plot; RESULTS.md's block: command and per-set tables)."""
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    body = _section_body(report, "Frontier")
+    verdict = "\n".join(line for line in body.splitlines() if line.startswith("- "))
+    tables = body[body.index("### "):].strip()
+    assets = REPO / "docs" / "frontier"
+    assets.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "plots" / "frontier.png", assets / "frontier.png")
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    notes = (config.get("notes") or "").strip().replace("\n", " ")
+    timing = f" The run took {wall} on this 2-core machine." if wall else ""
+    readme = (f"{FRONTIER_START}\n{notes}{timing} Tables: [benchmarks/RESULTS.md]"
+              f"(benchmarks/RESULTS.md#the-quality-parameter-frontier).\n\n{verdict}\n\n"
+              f"![held-out NLL vs new-FFN parameters per layer](docs/frontier/frontier.png)\n{FRONTIER_END}")
+    results = (f"{FRONTIER_START}\n```bash\nkallm run configs/frontier.yaml && kallm report runs/frontier\n```\n\n"
+               f"{notes}{timing}\n\n{verdict}\n\n![frontier](../docs/frontier/frontier.png)\n\n{tables}\n"
+               f"{FRONTIER_END}")
+    return readme, results
+
+
+def replace_block(path: Path, start: str, end: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    if end in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: new, text, flags=re.S)
+    elif start in text:
+        text = text.replace(start, new, 1)
+    else:
+        raise SystemExit(f"{path.name} has no {start} marker")
+    path.write_text(text, encoding="utf-8")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--wall", default=None, help="wall time of the demo, as text")
+    p.add_argument("--wall", default=None, help="wall time of the whole run, as text")
+    p.add_argument("--frontier", action="store_true", help="the run is configs/frontier.yaml's")
     args = p.parse_args()
-    readme = REPO / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    new = section(args.run_dir, args.wall)
-    if END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: new, text, flags=re.S)
-    elif START in text:
-        text = text.replace(START, new, 1)
+    if args.frontier:
+        readme, results = frontier_sections(args.run_dir, args.wall)
+        replace_block(REPO / "README.md", FRONTIER_START, FRONTIER_END, readme)
+        replace_block(REPO / "benchmarks" / "RESULTS.md", FRONTIER_START, FRONTIER_END, results)
     else:
-        raise SystemExit(f"README.md has no {START} marker")
-    readme.write_text(text, encoding="utf-8")
+        replace_block(REPO / "README.md", START, END, section(args.run_dir, args.wall))
     print(f"README.md updated from {args.run_dir}")
 
 
