@@ -68,6 +68,7 @@ def frontier_sections(run_dir: Path, wall: str | None) -> tuple[str, str]:
     body = _section_body(report, "Frontier")
     verdict = "\n".join(line for line in body.splitlines() if line.startswith("- "))
     tables = body[body.index("### "):].strip()
+    every = _first_table(_section_body(report, "Verdict"))  # one column per held-out set
     assets = REPO / "docs" / "frontier"
     assets.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "plots" / "frontier.png", assets / "frontier.png")
@@ -78,8 +79,9 @@ def frontier_sections(run_dir: Path, wall: str | None) -> tuple[str, str]:
               f"(benchmarks/RESULTS.md#the-quality-parameter-frontier).\n\n{verdict}\n\n"
               f"![held-out NLL vs new-FFN parameters per layer](docs/frontier/frontier.png)\n{FRONTIER_END}")
     results = (f"{FRONTIER_START}\n```bash\nkallm run configs/frontier.yaml && kallm report runs/frontier\n```\n\n"
-               f"{notes}{timing}\n\n{verdict}\n\n![frontier](../docs/frontier/frontier.png)\n\n{tables}\n"
-               f"{FRONTIER_END}")
+               f"{notes}{timing}\n\n{verdict}\n\n![frontier](../docs/frontier/frontier.png)\n\n"
+               f"Every variant, mean held-out NLL per set (Δ vs the original, % of its NLL [95% interval]):\n\n"
+               f"{every}\n\nThe best KAN form per budget against the controls, per set:\n\n{tables}\n{FRONTIER_END}")
     return readme, results
 
 

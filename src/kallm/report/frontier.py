@@ -241,20 +241,45 @@ def frontier_figure(f: Frontier):
         for j, (role, form) in enumerate(forms):
             pts = sorted((p for p in f.points if (p.role, p.form) == (role, form) and p.new_params
                           and (set_name, p.name) in f.deltas), key=lambda p: p.new_params)
-            if not pts:
-                continue
-            cs = [f.deltas[(set_name, p.name)] for p in pts]
-            ys = [c.pct(c.ci.mean) for c in cs]
-            err = [[y - c.pct(c.ci.low) for y, c in zip(ys, cs)], [c.pct(c.ci.high) - y for y, c in zip(ys, cs)]]
-            ax.errorbar([p.new_params for p in pts], ys, yerr=err, fmt="o-" if role == KAN else "s--", capsize=3,
-                        color=cmap(j % 10), label=form)
+            if pts:
+                _draw_form(ax, f, set_name, pts, role, form, cmap(j % 10))
         ax.set_xscale("log")
+        ax.set_ylim(*_y_range(f, set_name))
+        ax.grid(True, alpha=0.3)
         ax.set_title(set_name)
         ax.set_xlabel("new-FFN parameters per layer")
         if i == 0:
             ax.set_ylabel("Δ held-out NLL vs original (%)")
             ax.legend(fontsize=7)
     return fig
+
+
+OFF_SCALE = 60.0  # % above the original: a form that far off (diverged) is marked at the top, not drawn to scale
+
+
+def _y_range(f: Frontier, set_name: str) -> tuple[float, float]:
+    """The panel's Δ range: every interval up to OFF_SCALE, with a margin."""
+    cs = [c for p in f.points if (c := f.deltas.get((set_name, p.name)))]
+    lows = [c.pct(c.ci.low) for c in cs] + [0.0]
+    highs = [min(c.pct(c.ci.high), OFF_SCALE) for c in cs] + [0.0]
+    margin = 0.08 * (max(highs) - min(lows)) + 0.5
+    return min(lows) - margin, max(highs) + margin
+
+
+def _draw_form(ax, f: Frontier, set_name: str, pts: list[Point], role: str, form: str, color) -> None:
+    """One form's points with their intervals; points past OFF_SCALE as a labelled arrowhead at the top."""
+    cs = [f.deltas[(set_name, p.name)] for p in pts]
+    xs, ys = [p.new_params for p in pts], [c.pct(c.ci.mean) for c in cs]
+    shown = [k for k, y in enumerate(ys) if y <= OFF_SCALE]
+    err = [[ys[k] - cs[k].pct(cs[k].ci.low) for k in shown], [cs[k].pct(cs[k].ci.high) - ys[k] for k in shown]]
+    if shown:
+        ax.errorbar([xs[k] for k in shown], [ys[k] for k in shown], yerr=err, fmt="o-" if role == KAN else "s--",
+                    capsize=3, color=color, label=form)
+    for k, y in enumerate(ys):
+        if y > OFF_SCALE:
+            ax.plot([xs[k]], [OFF_SCALE], marker="^", color=color, label=None if shown else form)
+            ax.annotate(f"{form} {y:+.0f}%", (xs[k], OFF_SCALE), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color=color)
 
 
 def section(run_dir: Path, summaries: list[VariantSummary], by_set: dict[str, list[SetComparison]],
