@@ -155,3 +155,19 @@ def test_each_kan_is_compared_with_the_controls_of_its_budget(tmp_path):
     pairs = {(p.variant, p.reference) for p in pairwise(tmp_path, summaries) if p.role == "control"}
     assert ("cheb-0.5x", "pruned-0.5x") in pairs and ("leg-0.5x", "linear-0.5x") in pairs
     assert not any(v.startswith(("pruned", "linear")) for v, _ in pairs)
+
+
+def test_a_diverged_form_is_marked_off_scale_and_the_rest_stays_readable(tmp_path):
+    """A form 100x off (a diverged recovery) is drawn as a labelled arrowhead at the top, and the axis spans the
+    other forms' intervals instead of stretching to it."""
+    from kallm.report.frontier import OFF_SCALE, frontier_figure
+
+    grid = {**GRID, "leg-0.5x": (f"{LEG}@budget=0.5", 1000, [0], 40.0)}  # 40 nats above: thousands of %
+    make_frontier(tmp_path, grid)
+    f = frontier_of(tmp_path)
+    fig = frontier_figure(f)
+    for ax in fig.axes:
+        low, high = ax.get_ylim()
+        assert OFF_SCALE < high < OFF_SCALE * 1.2 and low < 0
+        labels = [t.get_text() for t in ax.texts]
+        assert len(labels) == 1 and labels[0].startswith("leg +")
