@@ -32,14 +32,14 @@ from kallm.errors import KallmError
 from kallm.kan.activation import LearnableActivation, ProjectedKAN, activation_basis, activation_num_params
 from kallm.kan.spec import BasisSpec
 from kallm.retrofitting.arch import FFNSite, model_dims
-from kallm.retrofitting.ffn import RetrofitFFN, named_projections, projection_shape, replace_submodule
+from kallm.retrofitting.ffn import RetrofitFFN, named_projections, replace_submodule
 from kallm.retrofitting.kinds import LinearKind, reinit_like_model
 from kallm.retrofitting.pruning import (
-    _channel_axis,
-    _weight_in_out,
+    channel_projections,
     kept_channels,
     prune_projections,
     reselect_channels,
+    weight_in_out,
 )
 from kallm.retrofitting.sizing import _largest_width, _linear_count, ffn_param_count, resize_mlp
 from kallm.retrofitting.variant import Replacement, VariantKind, VariantSpec, register_variant_kind
@@ -110,9 +110,7 @@ def _gate_and_down(modules: list[nn.Module], d: int, inter: int) -> tuple[nn.Mod
     `inter` outputs are the gate as Phi-3 lays it out), the up projection of an ungated one."""
     into, down = [], []
     for module in modules:
-        for name, sub in module.named_modules():
-            shape = projection_shape(sub)
-            axis = None if shape is None else _channel_axis(shape, d, inter)
+        for name, sub, _, axis in channel_projections(module, d, inter):
             if axis == "out":
                 into.append((name, sub))
             elif axis == "in":
@@ -131,13 +129,9 @@ def widened_mlp(model: nn.Module, module: nn.Module, d: int, inter: int, width: 
     wide = resize_mlp(copy.deepcopy(module), d, inter, width)
     reinit_like_model(model, wide)
     with torch.no_grad():
-        for name, sub in module.named_modules():
-            shape = projection_shape(sub)
-            axis = None if shape is None else _channel_axis(shape, d, inter)
-            if axis is None:
-                continue
+        for name, sub, shape, axis in channel_projections(module, d, inter):
             new = wide.get_submodule(name)
-            old_w, new_w = _weight_in_out(sub), _weight_in_out(new)
+            old_w, new_w = weight_in_out(sub), weight_in_out(new)
             if axis == "in":
                 new_w.zero_()
                 new_w[:inter] = old_w
@@ -245,9 +239,9 @@ class KatKind(VariantKind):
         k = min(width, inter)
         keep = kept_channels(modules, d, inter, k).to(ref.device)  # in a fused gate_up: the gate's rows
         with torch.no_grad():
-            kan.in_proj.weight[:k] = _weight_in_out(gate)[:, keep].T
+            kan.in_proj.weight[:k] = weight_in_out(gate)[:, keep].T
             kan.out_proj.weight.zero_()  # ... and add nothing until trained
-            kan.out_proj.weight[:, :k] = _weight_in_out(down)[keep, :].T
+            kan.out_proj.weight[:, :k] = weight_in_out(down)[keep, :].T
             if kan.in_proj.bias is not None:
                 kan.in_proj.bias[:k] = gate.bias[keep]
             if kan.out_proj.bias is not None:

@@ -37,7 +37,21 @@ def _channel_axis(shape: tuple[int, int], d: int, inter: int) -> str | None:
     return None
 
 
-def _weight_in_out(sub: nn.Module) -> torch.Tensor:
+def channel_projections(module: nn.Module, d: int, inter: int
+                        ) -> list[tuple[str, nn.Module, tuple[int, int], str]]:
+    """(name, projection, shape, axis) of every projection of `module` through the intermediate channels:
+    axis 'out' writes them (up, gate, fused gate_up), 'in' reads them (down). A list: callers may replace
+    the projections while they go."""
+    found = []
+    for name, sub in module.named_modules():
+        shape = projection_shape(sub)
+        axis = None if shape is None else _channel_axis(shape, d, inter)
+        if axis is not None:
+            found.append((name, sub, shape, axis))
+    return found
+
+
+def weight_in_out(sub: nn.Module) -> torch.Tensor:
     """The projection's weight as (in, out), whatever its layout (Linear stores (out, in), Conv1D (in, out))."""
     return sub.weight.T if isinstance(sub, nn.Linear) else sub.weight
 
@@ -49,12 +63,8 @@ def channel_importance(modules: list[nn.Module], d: int, inter: int) -> torch.Te
     score = torch.ones(inter, dtype=torch.float64)
     touched = False
     for module in modules:
-        for sub in module.modules():
-            shape = projection_shape(sub)
-            axis = None if shape is None else _channel_axis(shape, d, inter)
-            if axis is None:
-                continue
-            w = _weight_in_out(sub).detach().double()
+        for _, sub, _, axis in channel_projections(module, d, inter):
+            w = weight_in_out(sub).detach().double()
             norms = w.norm(dim=0) if axis == "out" else w.norm(dim=1)  # per output / per input channel
             for block in norms.reshape(-1, inter):  # a fused gate_up holds one block per projection
                 score *= block
@@ -75,19 +85,15 @@ def kept_channels(modules: list[nn.Module], d: int, inter: int, width: int) -> t
 def prune_projections(module: nn.Module, d: int, inter: int, keep: torch.Tensor) -> nn.Module:
     """`module` (a copy, changed in place) with every projection through the intermediate channels cut to
     `keep`, its weights (and biases) copied from the kept channels."""
-    for name, sub in list(module.named_modules()):
-        shape = projection_shape(sub)
-        axis = None if shape is None else _channel_axis(shape, d, inter)
-        if axis is None:
-            continue
+    for name, sub, shape, axis in channel_projections(module, d, inter):
         blocks = shape[1] // inter if axis == "out" else 1
         index = torch.cat([keep + b * inter for b in range(blocks)]).to(sub.weight.device)
         new_shape = (shape[0], len(index)) if axis == "out" else (len(index), shape[1])
         pruned = resized_projection(sub, shape, new_shape)
         with torch.no_grad():
-            w = _weight_in_out(sub)
+            w = weight_in_out(sub)
             w = w[:, index] if axis == "out" else w[index, :]
-            _weight_in_out(pruned).copy_(w)
+            weight_in_out(pruned).copy_(w)
             if getattr(sub, "bias", None) is not None:
                 pruned.bias.copy_(sub.bias[index] if axis == "out" else sub.bias)
         module = replace_submodule(module, name, pruned)
@@ -96,8 +102,7 @@ def prune_projections(module: nn.Module, d: int, inter: int, keep: torch.Tensor)
 
 def _reader(module: nn.Module, d: int, inter: int) -> nn.Module:
     """The one projection that reads the intermediate channels (down, c_proj, fc2)."""
-    readers = [sub for sub in module.modules()
-               if (shape := projection_shape(sub)) is not None and _channel_axis(shape, d, inter) == "in"]
+    readers = [sub for _, sub, _, axis in channel_projections(module, d, inter) if axis == "in"]
     if len(readers) != 1:
         raise KallmError(f"expected one projection back from the {inter} intermediate channels, found {len(readers)}")
     return readers[0]
@@ -119,7 +124,7 @@ def activation_importance(module: nn.Module, x: Tensor, d: int, inter: int, chun
             module(x[start:start + chunk])
     finally:
         hook.remove()
-    return (squares / max(len(x), 1)).sqrt() * _weight_in_out(reader).detach().double().norm(dim=1).cpu()
+    return (squares / max(len(x), 1)).sqrt() * weight_in_out(reader).detach().double().norm(dim=1).cpu()
 
 
 @torch.no_grad()
