@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from kallm.kan import KANLinear, ParallelKAN, SequentialKAN, get_basis
+from kallm.kan.mixing import INNER_LR_SCALE
+from kallm.param_groups import lr_scales
 
 
 def _parallel(**kwargs) -> ParallelKAN:
@@ -72,3 +74,14 @@ def test_sequential_chains_layers_and_checks_widths():
     assert (stack.in_features, stack.hidden_features, stack.out_features) == (6, [10], 4)
     with pytest.raises(ValueError, match="layer 0 outputs 10 features but layer 1 expects 6"):
         SequentialKAN([first, KANLinear(6, 4)])
+
+
+def test_sequential_slows_every_layer_but_the_last():
+    stack = SequentialKAN([KANLinear(6, 10), KANLinear(10, 10), KANLinear(10, 4)], inner_lr_scale=0.2)
+    scales = lr_scales(stack)
+    for layer, expected in zip(stack.layers, (0.2, 0.2, 1.0)):
+        assert {scales.get(id(p), 1.0) for p in layer.parameters()} == {expected}
+    assert lr_scales(SequentialKAN([KANLinear(6, 4)])) == {}
+    assert set(lr_scales(SequentialKAN([KANLinear(6, 10), KANLinear(10, 4)])).values()) == {INNER_LR_SCALE}
+    with pytest.raises(ValueError, match="inner_lr_scale must be positive, got 0"):
+        SequentialKAN([KANLinear(6, 10), KANLinear(10, 4)], inner_lr_scale=0)

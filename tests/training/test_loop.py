@@ -7,15 +7,18 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from kallm.data import load_conversations
 from kallm.errors import ConfigError, KallmError
 from kallm.io import read_jsonl
+from kallm.kan import KANLinear, SequentialKAN
+from kallm.kan.mixing import INNER_LR_SCALE
 from kallm.training import train_model
 from kallm.training.callbacks import Callback
 from kallm.training.checkpoint import latest_checkpoint
 from kallm.training.config import TrainConfig
-from kallm.training.optim import build_optimizer, lr_at
+from kallm.training.optim import build_optimizer, lr_at, rebuild_optimizer, set_lr
 from tests.distributed.train_worker import tiny_frozen_model
 from tests.training_helpers import Interrupt, StopAt, step_losses, write_chat_sample
 
@@ -272,6 +275,27 @@ def test_lr_schedule_and_decay_groups():
     assert {names[id(p)].rsplit(".", 1)[0].rsplit(".", 1)[-1] for p in no_decay["params"]} == {
         "input_layernorm", "post_attention_layernorm"}
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_a_module_lr_scale_gets_its_own_groups_that_follow_the_schedule():
+    """A stack's inner KAN layer trains at its scale of the lr, at every step and after a rebuild."""
+    config = TrainConfig(steps=10, warmup_steps=2, lr=1e-3)
+    model = nn.Sequential(nn.LayerNorm(6), SequentialKAN([KANLinear(6, 5, bias=True), KANLinear(5, 6)]))
+    opt = build_optimizer(model, config)
+    inner = {id(p) for p in model[1].layers[0].parameters()}
+    by_group = [({id(p) for p in g["params"]}, g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    assert by_group == [
+        ({id(model[1].layers[1].weight)}, lr_at(0, config), config.weight_decay),
+        ({id(model[1].layers[0].weight)}, lr_at(0, config) * INNER_LR_SCALE, config.weight_decay),
+        ({id(model[0].weight), id(model[0].bias)}, lr_at(0, config), 0.0),
+        ({id(model[1].layers[0].bias)}, lr_at(0, config) * INNER_LR_SCALE, 0.0),
+    ]
+    set_lr(opt, lr_at(5, config))
+    names = {id(p): n for n, p in model.named_parameters()}
+    rebuilt = rebuild_optimizer(model, opt, names, config)
+    for group in rebuilt.param_groups:
+        slowed = {id(p) for p in group["params"]} <= inner
+        assert group["lr"] == pytest.approx(lr_at(5, config) * (INNER_LR_SCALE if slowed else 1.0))
 
 
 @pytest.mark.parametrize(("changes", "message"), [

@@ -213,14 +213,17 @@ def _warm_start_last_layer(module: nn.Module, rows: FitRows, ridge: float | str)
 
 def _carried(x: Tensor, width: int) -> Tensor | None:
     """What a layer of `width` outputs should carry of its input x: x itself, its top principal
-    components when narrower, nothing (None: keep the random init) when wider."""
+    components when narrower (each scaled to unit variance: the next layer's input map, tanh, is then
+    curved but not saturated, and no component's features are so small that the next layer's solve
+    needs huge, fragile weights), nothing (None: keep the random init) when wider."""
     if width == x.shape[1]:
         return x
     if not 0 < width < x.shape[1]:
         return None
     centred = (x - x.mean(0)).double()
     _, _, vh = torch.linalg.svd(centred[: min(len(x), 16384)], full_matrices=False)
-    return (x.double() @ vh[:width].T).to(x.dtype)
+    components = centred @ vh[:width].T
+    return (components / components.std(0).clamp_min(1e-12)).to(x.dtype)
 
 
 def _output_projection(module: nn.Module, width: int) -> nn.Module | None:

@@ -17,6 +17,7 @@ from kallm.errors import KallmError
 from kallm.kan.bases import Basis, get_basis
 from kallm.kan.fused import FusedKAN, resolve_input_map
 from kallm.kan.layer import UnivariateMixin
+from kallm.param_groups import LR_SCALE_ATTR
 
 PartLike = Basis | tuple[str, int] | tuple[str, int, Mapping[str, Any]]
 
@@ -71,10 +72,21 @@ class ParallelKAN(UnivariateMixin, FusedKAN):
                 f"base_activation={self.base_activation}, bias={self.bias is not None}")
 
 
-class SequentialKAN(nn.Module):
-    """A stack of KAN layers applied in order; widths must chain (layer i's out = layer i+1's in)."""
+# The lr multiple of every layer of a stack but the last. Each output of a KAN layer has as many weights as
+# inputs on its constant basis term (and on the even terms, near-constant for small inputs); Adam moves each
+# by about lr per step, all in the gradient's direction, so one step shifts an output by ~lr x in_features.
+# At the model's output that is small; on an inner layer's output, the next layer's input in [-1, 1] after
+# its input map, it undoes the fit in one step (benchmarks/kan_stack_lr.py measures the scale).
+INNER_LR_SCALE = 0.1
 
-    def __init__(self, layers: Sequence[nn.Module]) -> None:
+
+class SequentialKAN(nn.Module):
+    """A stack of KAN layers applied in order; widths must chain (layer i's out = layer i+1's in).
+
+    Every layer but the last trains at `inner_lr_scale` times the lr (see INNER_LR_SCALE).
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], inner_lr_scale: float = INNER_LR_SCALE) -> None:
         super().__init__()
         if not layers:
             raise KallmError("SequentialKAN needs at least one layer")
@@ -82,6 +94,10 @@ class SequentialKAN(nn.Module):
             prev, cur = getattr(layers[i - 1], "out_features", None), getattr(layers[i], "in_features", None)
             if prev != cur:
                 raise KallmError(f"SequentialKAN: layer {i - 1} outputs {prev} features but layer {i} expects {cur}")
+        if not inner_lr_scale > 0:
+            raise KallmError(f"SequentialKAN: inner_lr_scale must be positive, got {inner_lr_scale}")
+        for layer in layers[:-1]:
+            setattr(layer, LR_SCALE_ATTR, inner_lr_scale)
         self.layers = nn.ModuleList(layers)
         self.in_features = getattr(layers[0], "in_features", None)
         self.out_features = getattr(layers[-1], "out_features", None)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kallm.errors import KallmError
+from kallm.param_groups import lr_scales, split_by_lr_scale
 from kallm.training.config import TrainConfig
 
 
@@ -40,10 +41,15 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     named = trainable_named_params(model)
     if not named:
         raise KallmError("the model has no trainable parameters (check the freeze policy)")
-    decay = [p for n, p in named if not _no_decay(n, p)]
-    no_decay = [p for n, p in named if _no_decay(n, p)]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr_at(0, config))
+    scales = lr_scales(model)
+    groups = []
+    for decays, weight_decay in ((True, config.weight_decay), (False, 0.0)):
+        members = [p for n, p in named if _no_decay(n, p) != decays]
+        groups += [{"params": ps, "weight_decay": weight_decay, "lr_scale": scale}
+                   for scale, ps in split_by_lr_scale(members, scales)]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    set_lr(optimizer, lr_at(0, config))
+    return optimizer
 
 
 def rebuild_optimizer(model: nn.Module, old: torch.optim.Optimizer, old_names: dict[int, str],
@@ -56,11 +62,12 @@ def rebuild_optimizer(model: nn.Module, old: torch.optim.Optimizer, old_names: d
         prev = by_name.get(name)
         if prev is not None and prev in old.state and prev.shape == p.shape:
             new.state[p] = old.state[prev]
-    for group in new.param_groups:
-        group["lr"] = old.param_groups[0]["lr"]
+    first = old.param_groups[0]
+    set_lr(new, first["lr"] / first.get("lr_scale", 1.0))
     return new
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group at `lr` times its `lr_scale` (a module's own scale, `kallm.param_groups`)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
