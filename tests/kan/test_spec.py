@@ -17,6 +17,8 @@ from kallm.kan import (
     kan_num_params,
     parse_kan_spec,
 )
+from kallm.kan.mixing import INNER_LR_SCALE
+from kallm.param_groups import lr_scales
 
 EXAMPLES = [
     "chebyshev2:2",
@@ -30,6 +32,7 @@ EXAMPLES = [
     "sequential(bspline:3,chebyshev2:2)",
     "sequential(chebyshev2:2,chebyshev2:2;hidden=1024)",
     "sequential(parallel(fourier:2,rbf:2),rational:4:den_degree=3)",
+    "sequential(chebyshev2:2,chebyshev2:2;hidden=64;inner_lr=1.0)",
 ]
 
 
@@ -66,7 +69,11 @@ def test_parsed_structure():
     ("parallel(chebyshev2:2,legendre:3;sizes=1,x)", "comma-separated integers"),
     ("parallel(chebyshev2:2,legendre:3;sizes=1,2,3)", "2 parts but 3 sizes"),
     ("parallel(chebyshev2:2,legendre:3:base=none)", "disagree on 'base'"),
-    ("parallel(chebyshev2:2;hidden=3)", "unknown option"),
+    ("parallel(chebyshev2:2;hidden=3)", r"unknown option 'hidden=3' in parallel\(...\); valid: sizes="),
+    ("sequential(legendre:2,legendre:2;inner_lr=0)", r"inner_lr must be a number in \(0, 1000\], got 0"),
+    ("sequential(legendre:2,legendre:2;inner_lr=fast)", "inner_lr must be a number"),
+    ("sequential(legendre:2,legendre:2;inner_lr=1;inner_lr=2)", "option 'inner_lr' given twice"),
+    ("sequential(legendre:2,legendre:2;lr=1)", r"valid: hidden=<int>\[,<int>...\]; inner_lr=<number>"),
     ("sequential(chebyshev2:2,,legendre:2)", "empty entry"),
     ("sequential(sequential(legendre:2))", "cannot be nested"),
     ("sequential(legendre:2,legendre:2,legendre:2;hidden=1,2,3)", "takes 1 or 2 hidden widths"),
@@ -93,6 +100,11 @@ def test_build_kan_types_widths_and_hidden_override():
     assert isinstance(stack, SequentialKAN) and stack.hidden_features == [16]
     assert build_kan("sequential(chebyshev2:2,chebyshev2:2)", 8, 8).hidden_features == [8]
     assert build_kan("sequential(chebyshev2:2,chebyshev2:2;hidden=16)", 8, 8, hidden_features=5).hidden_features == [5]
+    # the stack's inner layers train at its inner_lr (default INNER_LR_SCALE); the spec text round-trips it
+    for text, scale in (("sequential(legendre:2,legendre:2)", INNER_LR_SCALE),
+                        ("sequential(legendre:2,legendre:2;inner_lr=0.5)", 0.5)):
+        stack = build_kan(text, 8, 8)
+        assert set(lr_scales(stack).values()) == {scale} and str(parse_kan_spec(text)) == text
     layer = build_kan("legendre:3:base=none,norm=identity,bias=true", 4, 4)
     assert layer.base_activation is None and layer.input_maps == ["identity"] and layer.bias is not None
     # The budget used by the benchmark: two KANLinear(576, 576, chebyshev2:2) match a SwiGLU 576->1536->576.

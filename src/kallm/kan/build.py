@@ -56,7 +56,8 @@ def build_kan(spec: KANSpec | str, in_features: int, out_features: int,
                            _parallel_sizes(spec, in_features), base_activation=first.base_activation,
                            input_norm=[p.input_norm for p in spec.parts], bias=first.bias)
     widths = _layer_widths(spec, in_features, out_features, hidden_features)
-    return SequentialKAN([build_kan(layer, widths[i], widths[i + 1]) for i, layer in enumerate(spec.layers)])
+    layers = [build_kan(layer, widths[i], widths[i + 1]) for i, layer in enumerate(spec.layers)]
+    return SequentialKAN(layers) if spec.inner_lr is None else SequentialKAN(layers, spec.inner_lr)
 
 
 def kan_num_params(spec: KANSpec | str, in_features: int, out_features: int,

@@ -2,11 +2,13 @@
 
     basis      := NAME ":" DEGREE [":" KEY "=" VALUE ("," KEY "=" VALUE)*]
     parallel   := "parallel(" basis ("," basis)* [";sizes=" INT ("," INT)*] ")"
-    sequential := "sequential(" layer ("," layer)* [";hidden=" INT ("," INT)*] ")"
+    sequential := "sequential(" layer ("," layer)* [";hidden=" INT ("," INT)*] [";inner_lr=" NUMBER] ")"
     layer      := basis | parallel
 
 Examples: `chebyshev2:2`, `jacobi:3:alpha=0.5,beta=0.5`, `chebyshev2:2:base=none`,
 `parallel(chebyshev2:2,legendre:3;sizes=288,288)`, `sequential(bspline:3,chebyshev2:2;hidden=1024)`.
+`inner_lr` is the multiple of the training lr for every layer of a stack but the last (default
+`kallm.kan.mixing.INNER_LR_SCALE`).
 Besides a basis's own parameters, a basis spec takes the layer options `base` (base activation or
 `none`), `norm` (input map, `auto` or `none`) and `bias` (`true`/`false`). Whitespace is ignored;
 `str(parse_kan_spec(s))` gives the canonical text and parses back to an equal spec.
@@ -154,10 +156,12 @@ class ParallelSpec:
 
 @dataclass(frozen=True)
 class SequentialSpec:
-    """A stack of layers; `hidden` gives the widths between them (one value: all of them)."""
+    """A stack of layers; `hidden` gives the widths between them (one value: all of them); `inner_lr` the
+    lr multiple of every layer but the last (None: SequentialKAN's default)."""
 
     layers: tuple[BasisSpec | ParallelSpec, ...]
     hidden: tuple[int, ...] | None = None
+    inner_lr: float | None = None
 
     def __post_init__(self) -> None:
         if not self.layers or not all(isinstance(p, BasisSpec | ParallelSpec) for p in self.layers):
@@ -166,6 +170,8 @@ class SequentialSpec:
         if self.hidden is not None and len(self.hidden) not in (1, len(self.layers) - 1):
             raise KallmError(f"KAN spec: sequential of {len(self.layers)} layers takes 1 or {len(self.layers) - 1} "
                              f"hidden widths, got {len(self.hidden)}")
+        if self.inner_lr is not None and (isinstance(self.inner_lr, bool) or not 0 < self.inner_lr <= 1e3):
+            raise KallmError(f"KAN spec: sequential inner_lr must be a number in (0, 1000], got {self.inner_lr!r}")
 
     def hidden_widths(self, default: int) -> list[int]:
         n = len(self.layers) - 1
@@ -175,7 +181,8 @@ class SequentialSpec:
 
     def __str__(self) -> str:
         hidden = f";hidden={','.join(map(str, self.hidden))}" if self.hidden else ""
-        return f"sequential({','.join(map(str, self.layers))}{hidden})"
+        inner_lr = f";inner_lr={self.inner_lr!r}" if self.inner_lr is not None else ""
+        return f"sequential({','.join(map(str, self.layers))}{hidden}{inner_lr})"
 
 
 KANSpec = Union[BasisSpec, ParallelSpec, SequentialSpec]  # noqa: UP007
@@ -234,6 +241,31 @@ def _parse_ints(item: str, key: str, where: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+_OPTIONS = {"parallel": {"sizes": "<int>[,<int>...]"},
+            "sequential": {"hidden": "<int>[,<int>...]", "inner_lr": "<number>"}}
+
+
+def _parse_options(options: list[str], head: str, where: str) -> dict[str, tuple[int | float, ...]]:
+    """A combinator's `;key=value` options: integer lists (sizes, hidden) or one number (inner_lr)."""
+    valid = _OPTIONS[head]
+    found: dict[str, tuple[int | float, ...]] = {}
+    for item in options:
+        key = item.partition("=")[0]
+        if key not in valid or "=" not in item:
+            listed = "; ".join(f"{k}={v}" for k, v in valid.items())
+            raise KallmError(f"malformed KAN spec {where!r}: unknown option {item!r} in {head}(...); valid: {listed}")
+        if key in found:
+            raise KallmError(f"malformed KAN spec {where!r}: option {key!r} given twice")
+        if valid[key] == "<number>":
+            value = _parse_value(item[len(key) + 1:], where)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise KallmError(f"malformed KAN spec {where!r}: {key} must be a number, got {item!r}")
+            found[key] = (value,)
+        else:
+            found[key] = _parse_ints(item, key, where)
+    return found
+
+
 def _parse(text: str, where: str, nested: bool) -> KANSpec:
     head, paren, _ = text.partition("(")
     if not paren:
@@ -257,15 +289,8 @@ def _parse(text: str, where: str, nested: bool) -> KANSpec:
             raise KallmError(f"malformed KAN spec {where!r}: empty entry in {head}(...)")
         else:
             items.append(raw)
-    opt_key = "sizes" if head == "parallel" else "hidden"
-    widths = None
-    for item in options:
-        if not item.startswith(opt_key + "="):
-            raise KallmError(f"malformed KAN spec {where!r}: unknown option {item!r} in {head}(...); "
-                             f"valid: {opt_key}=<int>[,<int>...]")
-        if widths is not None:
-            raise KallmError(f"malformed KAN spec {where!r}: option {opt_key!r} given twice")
-        widths = _parse_ints(item, opt_key, where)
+    found = _parse_options(options, head, where)
+    widths = found.get("sizes" if head == "parallel" else "hidden")
     if head == "parallel":
         parts = [_parse(item, where, True) for item in items]
         for item, part in zip(items, parts):
@@ -274,7 +299,9 @@ def _parse(text: str, where: str, nested: bool) -> KANSpec:
         return ParallelSpec(tuple(parts), widths)  # type: ignore[arg-type]
     if nested:
         raise KallmError(f"malformed KAN spec {where!r}: sequential(...) cannot be nested")
-    return SequentialSpec(tuple(_parse(item, where, True) for item in items), widths)  # type: ignore[arg-type]
+    inner_lr = found.get("inner_lr")
+    return SequentialSpec(tuple(_parse(item, where, True) for item in items), widths,  # type: ignore[arg-type]
+                          None if inner_lr is None else float(inner_lr[0]))
 
 
 def parse_kan_spec(text: str | KANSpec) -> KANSpec:
