@@ -114,8 +114,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     from kallm.data import collate, load_conversations
-    from kallm.distill.layerwise import DistillConfig, _fit_lstsq, collect_ffn_io, distill_retrofit, fvu
-    from kallm.distill.solve import FitRows
+    from kallm.distill.layerwise import DistillConfig, collect_ffn_io, distill_retrofit, fvu
+    from kallm.distill.solve import FitRows, solve_layer
     from kallm.io import write_json_atomic, write_text_atomic
     from kallm.models.loading import load_model
     from kallm.retrofitting.arch import find_decoder_layers
@@ -195,7 +195,7 @@ def main() -> None:
                                  if isinstance(m, RetrofitFFN)).kallm_ffn)
         for ridge in ridges:  # an empty --ridges skips the sweep
             rows = FitRows.split(x[:-n_hold], y[:-n_hold], DistillConfig().validation_fraction)
-            _fit_lstsq(kan, rows, ridge, refit_all=True)  # as distill_retrofit fits, at this fixed ridge
+            solve_layer(kan, rows, ridge, refit_all=True)  # as distill_retrofit fits, at this fixed ridge
             with torch.no_grad():
                 sweep[ridge][layer] = fvu(kan(x[-n_hold:]), y[-n_hold:])
     results["ridge_sweep"] = {"features": kan.n_features, "fit_tokens": len(x) - n_hold,

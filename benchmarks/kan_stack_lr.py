@@ -26,8 +26,9 @@ from kallm.distill.layerwise import DistillConfig, collect_ffn_io, fit_replaceme
 from kallm.distill.solve import fvu
 from kallm.evaluation.heldout.text import load_text_set
 from kallm.kan import build_kan
-from kallm.param_groups import LR_SCALE_ATTR, lr_scales, split_by_lr_scale
+from kallm.kan.mixing import LR_SCALE_ATTR
 from kallm.retrofitting.arch import find_decoder_layers
+from kallm.training.optim import lr_scales, split_by_lr_scale
 
 TEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "text" / "wikitext-2" / "valid.txt"
 SCALES = (1.0, 0.3, 0.1, 0.03)

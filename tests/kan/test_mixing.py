@@ -7,7 +7,7 @@ import torch
 
 from kallm.kan import KANLinear, ParallelKAN, SequentialKAN, get_basis
 from kallm.kan.mixing import INNER_LR_SCALE
-from kallm.param_groups import lr_scales
+from kallm.training.optim import lr_scales
 
 
 def _parallel(**kwargs) -> ParallelKAN:

@@ -18,7 +18,7 @@ from kallm.kan import (
     parse_kan_spec,
 )
 from kallm.kan.mixing import INNER_LR_SCALE
-from kallm.param_groups import lr_scales
+from kallm.training.optim import lr_scales
 
 EXAMPLES = [
     "chebyshev2:2",

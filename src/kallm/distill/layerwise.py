@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from kallm.distill.adamw import fit_adamw, validation_fvu
-from kallm.distill.solve import FitRows, fit_readout, fvu
+from kallm.distill.solve import FitRows, fit_readout, fvu, linear_in_weights, solve_layer
+from kallm.distill.stack import solve_last_layer, warm_start_stack
 from kallm.errors import KallmError
 from kallm.io import write_with_atomic
 from kallm.progress import progress_bar
@@ -173,59 +174,6 @@ def load_ffn_io(path: str | Path) -> dict[int, tuple[Tensor, Tensor]]:
         raise KallmError(f"activation cache {path} is damaged or not kallm's ({type(exc).__name__}: {exc})") from None
 
 
-def _fit_lstsq(module: nn.Module, rows: FitRows, ridge: float | str, refit_all: bool = False) -> float | None:
-    """Ridge regression on the layer's design matrix (its basis expansion): the ridge chosen, None when the
-    layer's current weights were better on the validation rows (and kept)."""
-    has_bias = getattr(module, "bias", None) is not None
-    with torch.no_grad():
-        current = module(rows.x_val)
-    readout = fit_readout(module.expand, rows, has_bias, ridge, current, refit_all)
-    if readout is None:
-        return None
-    with torch.no_grad():
-        if readout.bias is not None:
-            module.bias.copy_(readout.bias.to(module.bias.dtype))
-        module.set_fused_weight(readout.weight.to(module.weight.dtype))
-    return readout.ridge
-
-
-def _warm_start_last_layer(module: nn.Module, rows: FitRows, ridge: float | str) -> float | None:
-    """Start a stack close to a one-layer fit: earlier layers pass their input on, the last is solved.
-
-    Each earlier layer that is linear in its weights is first fitted (least squares) to carry its input
-    through: to the input itself when it is square, to the input's leading principal components when it
-    is narrower (random features otherwise). The last layer is then solved by least squares on what
-    they give. A random stack's output is often orders of magnitude off the target's scale, and random
-    features lose most of the input: AdamW moves each weight by about lr per step and spent its whole
-    budget undoing that (measured: a two-layer KAN at the original's parameter count diverged at lr 2e-3).
-    """
-    with torch.no_grad():
-        hidden = rows
-        for layer in module.layers[:-1]:
-            carried = _carried(hidden.all_x(), getattr(layer, "out_features", 0)) if _linear_in_weights(layer) \
-                else None
-            if carried is not None:
-                n = len(hidden.x)
-                _fit_lstsq(layer, FitRows(hidden.x, carried[:n], hidden.x_val, carried[n:]), ridge)
-            hidden = FitRows(layer(hidden.x), rows.y, layer(hidden.x_val), rows.y_val)
-    return _fit_lstsq(module.layers[-1], hidden, ridge)
-
-
-def _carried(x: Tensor, width: int) -> Tensor | None:
-    """What a layer of `width` outputs should carry of its input x: x itself, its top principal
-    components when narrower (each scaled to unit variance: the next layer's input map, tanh, is then
-    curved but not saturated, and no component's features are so small that the next layer's solve
-    needs huge, fragile weights), nothing (None: keep the random init) when wider."""
-    if width == x.shape[1]:
-        return x
-    if not 0 < width < x.shape[1]:
-        return None
-    centred = (x - x.mean(0)).double()
-    _, _, vh = torch.linalg.svd(centred[: min(len(x), 16384)], full_matrices=False)
-    components = centred @ vh[:width].T
-    return (components / components.std(0).clamp_min(1e-12)).to(x.dtype)
-
-
 def _output_projection(module: nn.Module, width: int) -> nn.Module | None:
     """The MLP's single projection back to the hidden size, an nn.Linear or a GPT-2 Conv1D (weight stored
     (in, out)); None when there is not exactly one."""
@@ -268,21 +216,12 @@ def _projection_input(module: nn.Module, out: nn.Module, x: Tensor) -> Tensor:
     return seen[0]
 
 
-def _solve_last_layer(module: nn.Module, rows: FitRows, ridge: float | str) -> float | None:
-    """Solve a stack's last layer by least squares on what its earlier layers give (kept if not better)."""
-    with torch.no_grad():
-        hidden_x, hidden_val = rows.x, rows.x_val
-        for layer in module.layers[:-1]:
-            hidden_x, hidden_val = layer(hidden_x), layer(hidden_val)
-    return _fit_lstsq(module.layers[-1], FitRows(hidden_x, rows.y, hidden_val, rows.y_val), ridge)
-
-
 def _readout(module: nn.Module, width: int) -> tuple[nn.Module, Callable[[FitRows, float | str], float | None]] | None:
     """The part of `module` that least squares can solve given the rest (a stack's last KAN layer, an MLP's
     output projection) and its solver; None when there is none."""
     layers = getattr(module, "layers", None)
-    if isinstance(layers, nn.ModuleList) and len(layers) > 1 and _linear_in_weights(layers[-1]):
-        return layers[-1], lambda rows, ridge: _solve_last_layer(module, rows, ridge)
+    if isinstance(layers, nn.ModuleList) and len(layers) > 1 and linear_in_weights(layers[-1]):
+        return layers[-1], lambda rows, ridge: solve_last_layer(module, rows, ridge)
     out = _output_projection(module, width)
     if out is None:
         return None
@@ -302,7 +241,7 @@ def _fit_iterative(module: nn.Module, rows: FitRows, cfg: DistillConfig, seed: i
         return None, [stage.start, stage.best], stage.lr
     readout, solve = found
     layers = getattr(module, "layers", None)
-    ridge = _warm_start_last_layer(module, rows, cfg.ridge) if layers is not None and readout is layers[-1] else None
+    ridge = warm_start_stack(module, rows, cfg.ridge) if layers is not None and readout is layers[-1] else None
     losses, lr = [validation_fvu(module, rows)], cfg.lr
     for r in range(cfg.rounds + 1):
         solved = solve(rows, cfg.ridge)
@@ -320,17 +259,13 @@ def _fit_iterative(module: nn.Module, rows: FitRows, cfg: DistillConfig, seed: i
     return ridge, losses, lr
 
 
-def _linear_in_weights(module: nn.Module) -> bool:
-    return hasattr(module, "expand") and hasattr(module, "set_fused_weight")
-
-
 def _fit_method(module: nn.Module, requested: str) -> str:
-    linear_in_weights = _linear_in_weights(module)
-    if requested == "lstsq" and not linear_in_weights:
+    solvable = linear_in_weights(module)
+    if requested == "lstsq" and not solvable:
         raise KallmError(f"distill.method=lstsq needs a layer that is linear in its weights; "
                          f"{type(module).__name__} is not (use adamw or auto)")
     if requested == "auto":
-        return "lstsq" if linear_in_weights else "adamw"
+        return "lstsq" if solvable else "adamw"
     return requested
 
 
@@ -369,7 +304,7 @@ def fit_replacement(module: nn.Module, x: Tensor, y: Tensor, cfg: DistillConfig,
     losses: list[float] = []
     lr = None
     if method == "lstsq":  # nothing is compared with the solution afterwards: solved again on every fit row
-        ridge = _fit_lstsq(module, rows, cfg.ridge, refit_all=True)
+        ridge = solve_layer(module, rows, cfg.ridge, refit_all=True)
     else:
         ridge, losses, lr = _fit_iterative(module, rows, cfg, seed, f" layer {layer}")
     with torch.no_grad():

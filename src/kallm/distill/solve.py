@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +153,24 @@ def fit_readout(features: Callable[[Tensor], Tensor], rows: FitRows, with_bias: 
     if with_bias:
         best.weight, best.bias = best.weight[:-1], best.weight[-1]
     return best
+
+
+def linear_in_weights(module: nn.Module) -> bool:
+    """A layer `solve_layer` can solve: a KAN layer (`expand`, then one matmul with its fused weight)."""
+    return hasattr(module, "expand") and hasattr(module, "set_fused_weight")
+
+
+def solve_layer(module: nn.Module, rows: FitRows, ridge: float | str, refit_all: bool = False) -> float | None:
+    """Ridge regression on the layer's design matrix (its basis expansion): the ridge chosen, None when the
+    layer's current weights were better on the validation rows (and kept)."""
+    has_bias = getattr(module, "bias", None) is not None
+    with torch.no_grad():
+        current = module(rows.x_val)
+    readout = fit_readout(module.expand, rows, has_bias, ridge, current, refit_all)
+    if readout is None:
+        return None
+    with torch.no_grad():
+        if readout.bias is not None:
+            module.bias.copy_(readout.bias.to(module.bias.dtype))
+        module.set_fused_weight(readout.weight.to(module.weight.dtype))
+    return readout.ridge

@@ -17,7 +17,6 @@ from kallm.errors import KallmError
 from kallm.kan.bases import Basis, get_basis
 from kallm.kan.fused import FusedKAN, resolve_input_map
 from kallm.kan.layer import UnivariateMixin
-from kallm.param_groups import LR_SCALE_ATTR
 
 PartLike = Basis | tuple[str, int] | tuple[str, int, Mapping[str, Any]]
 
@@ -71,6 +70,10 @@ class ParallelKAN(UnivariateMixin, FusedKAN):
         return (f"in_features={self.in_features}, out_features={self.out_features}, parts=[{parts}], "
                 f"base_activation={self.base_activation}, bias={self.bias is not None}")
 
+
+# The attribute by which a module asks the training optimiser (kallm.training.optim) to move its own
+# parameters at a multiple of the lr; set where the module is built, so a loaded retrofit trains alike.
+LR_SCALE_ATTR = "kallm_lr_scale"
 
 # The lr multiple of every layer of a stack but the last. Each output of a KAN layer has as many weights as
 # inputs on its constant basis term (and on the even terms, near-constant for small inputs); Adam moves each

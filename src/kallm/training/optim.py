@@ -8,12 +8,13 @@ the same schedule.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from kallm.errors import KallmError
-from kallm.param_groups import lr_scales, split_by_lr_scale
+from kallm.kan.mixing import LR_SCALE_ATTR
 from kallm.training.config import TrainConfig
 
 
@@ -31,6 +32,26 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     """Norm scales and biases are not shrunk towards zero (it only fights their purpose)."""
     lowered = name.lower()
     return param.ndim < 2 or "norm" in lowered or lowered.endswith(".bias")
+
+
+def lr_scales(model: nn.Module) -> dict[int, float]:
+    """{id(parameter): scale} for the parameters of modules that ask for a multiple of the lr other than 1
+    (`LR_SCALE_ATTR`, e.g. a SequentialKAN's inner layers): a module's own parameters, not its children's."""
+    scales: dict[int, float] = {}
+    for module in model.modules():
+        scale = getattr(module, LR_SCALE_ATTR, None)
+        if scale is not None and float(scale) != 1.0:
+            scales.update({id(p): float(scale) for p in module.parameters(recurse=False)})
+    return scales
+
+
+def split_by_lr_scale(params: Iterable[nn.Parameter], scales: dict[int, float]
+                      ) -> list[tuple[float, list[nn.Parameter]]]:
+    """`params` grouped by their lr scale (1 first), in first-seen order within each group; empty groups dropped."""
+    groups: dict[float, list[nn.Parameter]] = {1.0: []}
+    for p in params:
+        groups.setdefault(scales.get(id(p), 1.0), []).append(p)
+    return [(scale, ps) for scale, ps in groups.items() if ps]
 
 
 def trainable_named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -68,6 +89,6 @@ def rebuild_optimizer(model: nn.Module, old: torch.optim.Optimizer, old_names: d
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Every group at `lr` times its `lr_scale` (a module's own scale, `kallm.param_groups`)."""
+    """Every group at `lr` times its `lr_scale` (a module's own scale, `lr_scales`)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -1,10 +1,11 @@
-"""Per-module lr scales: a module's own parameters only, grouped with the unscaled ones first."""
+"""Per-module lr scales (`kallm.training.optim.lr_scales`): a module's own parameters only, unscaled first."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from kallm.param_groups import LR_SCALE_ATTR, lr_scales, split_by_lr_scale
+from kallm.kan.mixing import LR_SCALE_ATTR
+from kallm.training.optim import lr_scales, split_by_lr_scale
 
 
 def test_a_scale_covers_the_modules_own_parameters_not_its_childrens():
