@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from pathlib import Path
 
 import torch
 
-import kallm
-from kallm.data.batching import collate
-from kallm.distill.layerwise import DistillConfig, collect_ffn_io, fit_replacement
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kallm.distill.layerwise import DistillConfig, fit_replacement
 from kallm.distill.solve import fvu
-from kallm.evaluation.heldout.text import load_text_set
 from kallm.kan import build_kan
 from kallm.kan.mixing import LR_SCALE_ATTR
-from kallm.retrofitting.arch import find_decoder_layers
 from kallm.training.optim import lr_scales, split_by_lr_scale
+from mlp_io import record_mlp_io  # noqa: E402
 
-TEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "text" / "wikitext-2" / "valid.txt"
 SCALES = (1.0, 0.3, 0.1, 0.03)
 READ_AT = (1, 5)  # Adam's first steps are the largest relative to the gradient: the damage shows there
 
@@ -64,13 +62,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, tok = kallm.load_model("smollm2-135m-instruct")
-    model.eval()
-    examples = getattr(blocks := load_text_set(TEXT, tok, 256, args.tokens), "examples", blocks)
-    batches = [collate(examples[i:i + 8], tok.pad_token_id or 0) for i in range(0, len(examples), 8)]
-    _, layers = find_decoder_layers(model)
-    indices = range(len(layers) - 5, len(layers))
-    io = collect_ffn_io(model, batches, indices, args.tokens, progress=False)
+    _, io = record_mlp_io(args.tokens)
+    indices = sorted(io)
     cols = " | ".join(f"stack x{s:g}" for s in SCALES)
     print(f"| layer | one layer | {cols} |  (held-out FVU of the fit, then after steps "
           f"{', '.join(map(str, READ_AT))}, {args.steps}; lr {args.lr:g})")

@@ -15,25 +15,24 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kallm
-from kallm.data.batching import collate
 from kallm.distill.layerwise import (
     DistillConfig,
-    collect_ffn_io,
     fit_replacement,
     replacement_module,
     start_refiner,
 )
 from kallm.distill.solve import fvu
-from kallm.evaluation.heldout.text import load_text_set
 from kallm.kan.activation import LearnableActivation
 from kallm.retrofitting.arch import find_decoder_layers
+from mlp_io import record_mlp_io  # noqa: E402
 
-TEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "text" / "wikitext-2" / "valid.txt"
 ACTIVATION_LRS = (1e-3, 1e-2, 3e-2)
 ALL_LR = 1e-3
 
@@ -75,12 +74,8 @@ def main() -> None:
     parser.add_argument("--layers", default="25,26,27")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, tok = kallm.load_model("smollm2-135m-instruct")
-    model.eval()
-    examples = getattr(blocks := load_text_set(TEXT, tok, 256, args.tokens), "examples", blocks)
-    batches = [collate(examples[i:i + 8], tok.pad_token_id or 0) for i in range(0, len(examples), 8)]
     indices = [int(v) for v in args.layers.split(",")]
-    io = collect_ffn_io(model, batches, indices, args.tokens, progress=False)
+    _, io = record_mlp_io(args.tokens, indices)
     acts = " | ".join(f"kat, activation only, lr {lr:g}" for lr in ACTIVATION_LRS)
     print(f"| layer | pruned: fit | kat: fit | {acts} | kat, all, lr {ALL_LR:g} | pruned, all, lr {ALL_LR:g} |")
     print("| --- | --- | --- |" + " --- |" * (len(ACTIVATION_LRS) + 2))

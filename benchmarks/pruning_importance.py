@@ -15,19 +15,16 @@ pruned MLP as it is and with its down projection refitted by ridge least squares
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
-import kallm
-from kallm.data.batching import collate
-from kallm.distill.layerwise import collect_ffn_io
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kallm.distill.solve import fvu
-from kallm.evaluation.heldout.text import load_text_set
 from kallm.retrofitting.arch import find_decoder_layers, model_dims
 from kallm.retrofitting.pruning import activation_importance, kept_channels
-
-TEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "text" / "wikitext-2" / "valid.txt"
+from mlp_io import record_mlp_io  # noqa: E402
 
 
 def _hidden(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -50,14 +47,9 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--tokens", type=int, default=24576)
     args = parser.parse_args()
-    model, tok = kallm.load_model("smollm2-135m-instruct")
-    model.eval()
-    blocks = load_text_set(TEXT, tok, 256, args.tokens)
-    examples = getattr(blocks, "examples", blocks)
-    batches = [collate(examples[i:i + 8], tok.pad_token_id or 0) for i in range(0, len(examples), 8)]
+    model, io = record_mlp_io(args.tokens)
     _, layers = find_decoder_layers(model)
-    indices = range(len(layers) - 5, len(layers))
-    io = collect_ffn_io(model, batches, indices, args.tokens, progress=False)
+    indices = sorted(io)
     d, inter = model_dims(model)
     width = int(round(args.ratio * inter))
     print(f"| layer | weight: pruned | weight: refit | activation: pruned | activation: refit |  ({width} of {inter} "
