@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kallm.distill.solve import fvu
 from kallm.retrofitting.arch import find_decoder_layers, model_dims
-from kallm.retrofitting.pruning import activation_importance, kept_channels
+from kallm.retrofitting.pruning import activation_importance, kept_channels, top_channels
 from mlp_io import record_mlp_io  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def main() -> None:
         h, down = _hidden(mlp, x), mlp.down_proj.weight.detach()
         by_weight = kept_channels([mlp], d, inter, width)
         score = activation_importance(mlp, x[fit], d, inter)
-        by_activation = torch.sort(torch.argsort(score, descending=True)[:width]).values
+        by_activation = top_channels(score, width)
         row = [*_scores(h, down, y, by_weight, fit, hold), *_scores(h, down, y, by_activation, fit, hold)]
         print(f"| {k} | " + " | ".join(f"{v:.3f}" for v in row) + " |", flush=True)
 

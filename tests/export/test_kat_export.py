@@ -8,20 +8,16 @@ fails loads every export (tests/export/export_check.py).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from kallm.retrofitting.saving import load_retrofit, save_retrofit
 from kallm.retrofitting.surgery import retrofit
+from tests.export.without_kallm import outputs_without_kallm, perturb_new_weights
 from tests.tiny_models import make_tiny_model, make_tiny_tokenizer
 
-CHECK_SCRIPT = Path(__file__).with_name("export_check.py")
 IDS = torch.randint(3, 250, (2, 10), generator=torch.Generator().manual_seed(2))
 NEW_TOKENS = 4
 
@@ -45,11 +41,7 @@ def _export(root: Path, name: str, arch: str, variant: str) -> tuple[Path, dict[
     make_tiny_tokenizer().save_pretrained(base)
     model = make_tiny_model(arch)
     retrofit(model, layers="last:2", variant=variant, seed=1)
-    with torch.no_grad():
-        for param_name, p in model.named_parameters():
-            if ".kallm_ffn." in param_name:
-                p.add_(0.05 * torch.randn_like(p))
-    retro = save_retrofit(model, root / f"{name}-retrofit", base_model=str(base))
+    retro = save_retrofit(perturb_new_weights(model), root / f"{name}-retrofit", base_model=str(base))
     folder = export_pretrained(retro, root / name, verify=False)
     loaded = load_retrofit(retro)[0]
     with torch.no_grad():
@@ -66,16 +58,7 @@ def exported(tmp_path_factory):
         built = {name: _export(root, name, arch, variant) for name, arch, variant in CASES}
     finally:
         torch.set_num_threads(threads)
-    cases = root / "cases.json"
-    cases.write_text(json.dumps({"ids": IDS.tolist(), "max_new_tokens": NEW_TOKENS, "resave": ["kat-llama"],
-                                 "folders": {k: str(v[0]) for k, v in built.items()}}))
-    env = {**os.environ, "HF_MODULES_CACHE": str(root / "hf-modules"), "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, str(CHECK_SCRIPT), str(cases), str(root / "results.safetensors")],
-                          capture_output=True, text=True, env=env, cwd=root, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = load_file(str(root / "results.safetensors"))
-    got = {name: {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(f"{name}/")}
-           for name in built}
+    got = outputs_without_kallm(root, {k: v[0] for k, v in built.items()}, IDS, NEW_TOKENS, ["kat-llama"])
     return {name: (folder, reference, got[name]) for name, (folder, reference) in built.items()}
 
 

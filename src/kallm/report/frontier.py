@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kallm.folders.layout import FRONTIER_PLOT, PLOTS
@@ -110,6 +110,8 @@ class Frontier:
     sets: list[str]
     deltas: dict[tuple[str, str], SetComparison]  # (set, variant) -> Δ vs the original
     others: list[VariantSummary]  # the grid's variants off the frontier (the linear restart may be one)
+    # (a, b, set) -> difference(a, b): the table and the verdict lines ask for the same pairs
+    _differences: dict[tuple[str, str, str], DifferenceCI | None] = field(default_factory=dict, repr=False)
 
     @property
     def budgets(self) -> list[Budget]:
@@ -131,12 +133,19 @@ class Frontier:
         kans = [p for p in self.at(budget, KAN) if mean_pct(p) < math.inf]
         return min(kans, key=mean_pct, default=None)
 
+    def difference(self, a: VariantSummary, b: VariantSummary, set_name: str) -> DifferenceCI | None:
+        """`difference(a, b)` on the set, computed (read from disk, resampled) once per pair."""
+        key = (a.name, b.name, set_name)
+        if key not in self._differences:
+            self._differences[key] = difference(self.run_dir, a, b, set_name)
+        return self._differences[key]
+
     def control(self, budget: Budget, kind: str) -> Point | None:
         return next(iter(self.at(budget, CONTROL, kind)), None)
 
     def versus(self, kan: Point, control: VariantSummary, set_name: str) -> str:
         """'beats: -2.1% [-3.0, -1.2]' (KAN minus control, in % of the original's NLL on the set)."""
-        ci = difference(self.run_dir, kan.summary, control, set_name)
+        ci = self.difference(kan.summary, control, set_name)
         base = self.deltas.get((set_name, kan.name))
         if ci is None or base is None:
             return f"{EVEN} (no paired scores)"
@@ -183,7 +192,7 @@ def _against(f: Frontier, kan: Point, control: Point | None, kind: str) -> str:
         return f"there is no {kind} control at this budget"
     by_outcome: dict[str, list[str]] = {}
     for n in f.sets:
-        ci = difference(f.run_dir, kan.summary, control.summary, n)
+        ci = f.difference(kan.summary, control.summary, n)
         by_outcome.setdefault(outcome(ci), []).append(n)
     verbs = {BEATS: "beats", WORSE: "is worse than", EVEN: f"is {EVEN} from"}
     return "it " + " and ".join(f"{verbs[word]} {control.name} on {', '.join(names)}"
@@ -216,7 +225,7 @@ def matching_line(f: Frontier) -> str:
                 "the grid: whether a smaller KAN matches one is not measured.")
     kans = sorted((p for p in f.points if p.role == KAN and p.new_params is not None), key=lambda p: p.new_params)
     for kan in kans:
-        cis = [difference(f.run_dir, kan.summary, fresh, n) for n in f.sets]
+        cis = [f.difference(kan.summary, fresh, n) for n in f.sets]
         if cis and all(ci is not None and ci.low <= 0 for ci in cis):
             return (f"- Smallest KAN matching the fresh MLP of the original's count (`{fresh.name}`) on every "
                     f"held-out set: `{kan.name}` ({kan.new_params:,.0f} new parameters per layer).")

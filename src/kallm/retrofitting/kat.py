@@ -33,15 +33,15 @@ from kallm.kan.activation import LearnableActivation, ProjectedKAN, activation_b
 from kallm.kan.spec import BasisSpec
 from kallm.retrofitting.arch import FFNSite, model_dims
 from kallm.retrofitting.ffn import RetrofitFFN, named_projections, replace_submodule
-from kallm.retrofitting.kinds import LinearKind, reinit_like_model
+from kallm.retrofitting.kinds import LinearKind, reinit_like_model, replaced_modules
 from kallm.retrofitting.pruning import (
     channel_projections,
     kept_channels,
-    prune_projections,
+    pruned_copies,
     reselect_channels,
     weight_in_out,
 )
-from kallm.retrofitting.sizing import _largest_width, _linear_count, ffn_param_count, resize_mlp
+from kallm.retrofitting.sizing import ffn_param_count, largest_width, linear_params, resize_mlp
 from kallm.retrofitting.variant import Replacement, VariantKind, VariantSpec, register_variant_kind
 
 _FLAGS = ("groups=", "ungated")
@@ -168,18 +168,14 @@ class KatKind(VariantKind):
     def arg(spec: VariantSpec) -> KatArg:
         return read_kat_arg(str(spec.arg), str(spec))
 
-    @staticmethod
-    def _modules(site: FFNSite) -> list[nn.Module]:
-        return [getattr(site.layer, n) for n in LinearKind._replaced(site)]
-
     def count(self, model: nn.Module, site: FFNSite, spec: VariantSpec, width: int) -> int:
         """The replacement's parameters at `width` (closed form)."""
         d, inter = model_dims(model)
         arg = self.arg(spec)
         act = activation_num_params(arg.basis, width, arg.groups)
         if not arg.ungated:
-            return _linear_count(self._modules(site), d, inter, width) + act
-        gate, down = _gate_and_down(self._modules(site), d, inter)
+            return linear_params(list(replaced_modules(site).values()), d, inter, width) + act
+        gate, down = _gate_and_down(list(replaced_modules(site).values()), d, inter)
         return ProjectedKAN.num_params(d, width, getattr(gate, "bias", None) is not None,
                                        getattr(down, "bias", None) is not None, act)
 
@@ -188,7 +184,7 @@ class KatKind(VariantKind):
         width = spec.hidden or inter
         if spec.budget is not None:
             target = spec.budget.target(ffn_param_count(site))
-            width = _largest_width(lambda w: self.count(model, site, spec, w), target, f"'{spec}'")
+            width = largest_width(lambda w: self.count(model, site, spec, w), target, f"'{spec}'")
         return width
 
     def new_params(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int:
@@ -208,13 +204,11 @@ class KatKind(VariantKind):
 
     def _build_own(self, model: nn.Module, site: FFNSite, spec: VariantSpec, width: int) -> Replacement:
         d, inter = model_dims(model)
-        names = LinearKind._replaced(site)
+        originals = replaced_modules(site)
         if width > inter:
-            pruned = {n: widened_mlp(model, getattr(site.layer, n), d, inter, width) for n in names}
+            pruned = {n: widened_mlp(model, m, d, inter, width) for n, m in originals.items()}
         else:
-            keep = kept_channels(self._modules(site), d, inter, width)
-            pruned = {n: prune_projections(copy.deepcopy(getattr(site.layer, n)), d, inter, keep)
-                      for n in names}
+            pruned = pruned_copies(originals, d, inter, width)
         if site.is_split:  # OPT: the activation is the layer's own attribute, between fc1 and fc2
             act_name = site.bypass[0]
             act = self._activation(spec, width, getattr(site.layer, act_name), act_name)
@@ -228,7 +222,7 @@ class KatKind(VariantKind):
 
     def _build_projected(self, model: nn.Module, site: FFNSite, spec: VariantSpec, width: int) -> Replacement:
         d, inter = model_dims(model)
-        modules = self._modules(site)
+        modules = list(replaced_modules(site).values())
         gate, down = _gate_and_down(modules, d, inter)
         path = site.bypass[0] if site.is_split else f"{site.attr}.{find_activation(site.module)}"
         act = self._activation(spec, width, site.layer.get_submodule(path), path)

@@ -29,7 +29,7 @@ from kallm.kan.bases import BASES
 from kallm.kan.families import FAMILY_MODULES
 from kallm.retrofitting.arch import FFNSite, model_dims
 from kallm.retrofitting.ffn import RetrofitFFN, named_projections
-from kallm.retrofitting.pruning import kept_channels, prune_projections, reselect_channels
+from kallm.retrofitting.pruning import pruned_copies, reselect_channels
 from kallm.retrofitting.sizing import (
     ffn_param_count,
     kan_hidden_width,
@@ -69,6 +69,13 @@ def reinit_like_model(model: nn.Module, module: nn.Module) -> None:
         init(sub)
 
 
+def replaced_modules(site: FFNSite) -> dict[str, nn.Module]:
+    """The layer attributes an MLP-shaped replacement takes the place of, and their modules: the FFN, and a
+    split FFN's parts that hold parameters (OPT's fc2)."""
+    names = [site.attr, *(n for n in site.bypass if module_params(getattr(site.layer, n)) > 0)]
+    return {n: getattr(site.layer, n) for n in names}
+
+
 class LinearKind(VariantKind):
     """A fresh module of the model's own MLP class ("linear restart"), optionally narrower or wider."""
 
@@ -76,27 +83,21 @@ class LinearKind(VariantKind):
     options = ("budget", "hidden")
     role = "control"  # the fresh MLP of the model's own class
 
-    @staticmethod
-    def _replaced(site: FFNSite) -> list[str]:
-        """The layer attributes replaced: the FFN, and a split FFN's parts that hold parameters (OPT's fc2)."""
-        return [site.attr, *(n for n in site.bypass if module_params(getattr(site.layer, n)) > 0)]
-
     def size(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int | None:
         d, inter = model_dims(model)
-        return linear_width(spec, [getattr(site.layer, n) for n in self._replaced(site)], d, inter)
+        return linear_width(spec, list(replaced_modules(site).values()), d, inter)
 
     def new_params(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> int:
         d, inter = model_dims(model)
-        modules = [getattr(site.layer, n) for n in self._replaced(site)]
-        return linear_params(modules, d, inter, self.size(model, site, spec))
+        return linear_params(list(replaced_modules(site).values()), d, inter, self.size(model, site, spec))
 
     def build(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
         """Fresh copies of the FFN's own modules, narrowed to the spec's width when it has one."""
         d, inter = model_dims(model)
         width = self.size(model, site, spec)
         replacements: Replacement = []
-        for name in self._replaced(site):
-            fresh = copy.deepcopy(getattr(site.layer, name))
+        for name, module in replaced_modules(site).items():
+            fresh = copy.deepcopy(module)
             if width is not None:
                 fresh = resize_mlp(fresh, d, inter, width)
             reinit_like_model(model, fresh)
@@ -120,13 +121,8 @@ class PrunedKind(LinearKind):
     def build(self, model: nn.Module, site: FFNSite, spec: VariantSpec) -> tuple[Replacement, int | None]:
         d, inter = model_dims(model)
         width = self.size(model, site, spec)
-        names = self._replaced(site)
-        keep = kept_channels([getattr(site.layer, n) for n in names], d, inter, width or inter)
-        replacements: Replacement = []
-        for name in names:
-            pruned = prune_projections(copy.deepcopy(getattr(site.layer, name)), d, inter, keep)
-            replacements.append((name, RetrofitFFN(pruned, self.name)))
-        return replacements, width
+        pruned = pruned_copies(replaced_modules(site), d, inter, width or inter)
+        return [(name, RetrofitFFN(m, self.name)) for name, m in pruned.items()], width
 
     def refine_start(self, original: nn.Module, new: nn.Module, x: Tensor, dims: tuple[int, int]) -> bool:
         """The channels chosen again by their activations on the layer's inputs (weight norms had no data)."""

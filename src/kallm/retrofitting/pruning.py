@@ -74,12 +74,16 @@ def channel_importance(modules: list[nn.Module], d: int, inter: int) -> torch.Te
     return score
 
 
+def top_channels(score: Tensor, width: int) -> Tensor:
+    """The `width` channels of largest `score`, in their original order (ties broken by index)."""
+    return torch.sort(torch.argsort(score, descending=True, stable=True)[:width]).values
+
+
 def kept_channels(modules: list[nn.Module], d: int, inter: int, width: int) -> torch.Tensor:
-    """The `width` most important channels, in their original order (ties broken by index)."""
+    """The `width` most important channels by weight norms (`channel_importance`), in their original order."""
     if not 0 < width <= inter:
         raise KallmError(f"a pruned MLP's width must be between 1 and the original's {inter}, got {width}")
-    order = torch.argsort(channel_importance(modules, d, inter), descending=True, stable=True)
-    return torch.sort(order[:width]).values
+    return top_channels(channel_importance(modules, d, inter), width)
 
 
 def prune_projections(module: nn.Module, d: int, inter: int, keep: torch.Tensor) -> nn.Module:
@@ -98,6 +102,13 @@ def prune_projections(module: nn.Module, d: int, inter: int, keep: torch.Tensor)
                 pruned.bias.copy_(sub.bias[index] if axis == "out" else sub.bias)
         module = replace_submodule(module, name, pruned)
     return module
+
+
+def pruned_copies(modules: dict[str, nn.Module], d: int, inter: int, width: int) -> dict[str, nn.Module]:
+    """Copies of an FFN's modules (by layer attribute) cut to its `width` most important channels, chosen over
+    all of them together (a split FFN's fc1 and fc2 keep the same channels)."""
+    keep = kept_channels(list(modules.values()), d, inter, width)
+    return {name: prune_projections(copy.deepcopy(m), d, inter, keep) for name, m in modules.items()}
 
 
 def _reader(module: nn.Module, d: int, inter: int) -> nn.Module:
@@ -138,7 +149,7 @@ def reselect_channels(original: nn.Module, new: nn.Module, x: Tensor, d: int, in
         return False
     width = back[0][0]
     score = activation_importance(original, x.to(next(original.parameters()).dtype), d, inter)
-    keep = torch.sort(torch.argsort(score, descending=True, stable=True)[:width]).values
+    keep = top_channels(score, width)
     source = prune_projections(copy.deepcopy(original), d, inter, keep)
     targets = dict(new.named_modules())
     pairs = [(sub, targets.get(name)) for name, sub in source.named_modules() if projection_shape(sub) is not None]

@@ -69,7 +69,7 @@ def resize_mlp(module: nn.Module, d: int, inter: int, width: int) -> nn.Module:
     return set_projection_shapes(module, shapes)
 
 
-def _largest_width(count: Callable[[int], int], target: int, what: str) -> int:
+def largest_width(count: Callable[[int], int], target: int, what: str) -> int:
     """The largest width w >= 1 with count(w) <= target (count grows with w)."""
     if count(1) > target:
         raise KallmError(f"the budget of {target:,} parameters is below the smallest {what} "
@@ -90,7 +90,7 @@ def kan_hidden_width(spec: VariantSpec, d: int, replaced_params: int) -> int | N
     if spec.budget is None:
         return None
     target = spec.budget.target(replaced_params)
-    return _largest_width(lambda h: kan_num_params(spec.kan, d, d, h), target, f"'{spec}'")
+    return largest_width(lambda h: kan_num_params(spec.kan, d, d, h), target, f"'{spec}'")
 
 
 def linear_width(spec: VariantSpec, modules: list[nn.Module], d: int, inter: int) -> int | None:
@@ -101,7 +101,7 @@ def linear_width(spec: VariantSpec, modules: list[nn.Module], d: int, inter: int
         return None
     _check_dims(d, inter)
     target = spec.budget.target(_linear_count(modules, d, inter, inter))
-    return _largest_width(lambda w: _linear_count(modules, d, inter, w), target, f"'{spec}'")
+    return largest_width(lambda w: _linear_count(modules, d, inter, w), target, f"'{spec}'")
 
 
 def linear_params(modules: list[nn.Module], d: int, inter: int, width: int | None) -> int:
